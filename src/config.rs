@@ -1,0 +1,653 @@
+//! Typed configuration: TOML sections into structs, `--set section.key=value`
+//! overrides, validation whose messages name the key and the allowed values.
+//!
+//! Every struct rejects unknown keys (the message lists the known ones) and has the
+//! defaults of the quickstart; `Config::to_toml` gives the resolved file written to
+//! `RUN/config.toml`.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// `[data]`: dataset files and image geometry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Training split (`.dmlds`).
+    pub train: String,
+    /// Test split; empty for none.
+    pub test: String,
+    /// Validation split; empty for none.
+    pub val: String,
+    /// Side of the square crop fed to the trunk.
+    pub image_size: usize,
+    /// Shorter side the test transform resizes to before the centre crop.
+    pub resize: usize,
+    /// Smallest and largest area fraction of the random resized crop.
+    pub crop_scale: [f64; 2],
+    /// Smallest and largest aspect ratio of the random resized crop.
+    pub crop_ratio: [f64; 2],
+    /// Loader worker threads per rank.
+    pub workers: usize,
+    /// Batches prepared ahead of the training step.
+    pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            train: "data/synth/train.dmlds".into(),
+            test: "data/synth/test.dmlds".into(),
+            val: String::new(),
+            image_size: 224,
+            resize: 256,
+            crop_scale: [0.16, 1.0],
+            crop_ratio: [3.0 / 4.0, 4.0 / 3.0],
+            workers: 4,
+            prefetch: 4,
+        }
+    }
+}
+
+/// `[sampler]`: the **global** batch is `classes_per_batch × samples_per_class`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplerConfig {
+    /// N, classes per global batch.
+    pub classes_per_batch: usize,
+    /// K, images per class.
+    pub samples_per_class: usize,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            classes_per_batch: 8,
+            samples_per_class: 4,
+        }
+    }
+}
+
+/// BatchNorm handling on feature maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BnMode {
+    /// Running statistics and affine parameters fixed (DML practice; exact across ranks).
+    Frozen,
+    /// Per-rank batch statistics, like DDP without SyncBN.
+    Train,
+}
+
+/// What the model returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// Global average pool → linear → L2 normalisation.
+    Linear,
+    /// Pooled trunk features, no projection or normalisation (untrained baseline).
+    Pool,
+}
+
+/// `[model]`: trunk and head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// torchvision name of the trunk, e.g. `resnet18`, `resnet50`.
+    pub trunk: String,
+    /// Path of a safetensors file of torchvision weights; empty for random init.
+    pub pretrained: String,
+    /// Missing, unexpected or wrong-shape keys are an error (true) or a warning.
+    pub pretrained_strict: bool,
+    /// BatchNorm mode.
+    pub bn: BnMode,
+    /// Embedding dimension of the linear head.
+    pub embedding_dim: usize,
+    /// Head kind.
+    pub head: HeadKind,
+    /// Stride of the last stage (1 keeps a larger final map, as BFE and CGD do).
+    pub last_stride: usize,
+    /// Channels-last memory format on CUDA.
+    pub channels_last: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            trunk: "resnet18".into(),
+            pretrained: String::new(),
+            pretrained_strict: true,
+            bn: BnMode::Frozen,
+            embedding_dim: 128,
+            head: HeadKind::Linear,
+            last_stride: 2,
+            channels_last: false,
+        }
+    }
+}
+
+/// Metric loss names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossName {
+    /// Triplet margin loss (hard or soft margin) over mined triplets.
+    Triplet,
+    /// Multi-Similarity loss (Wang et al. 2019).
+    MultiSimilarity,
+    /// Group Loss (Elezi et al. 2020).
+    Group,
+}
+
+/// `[loss]`: the metric loss and its hyperparameters (papers' defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// Which loss.
+    pub name: LossName,
+    /// Triplet margin m in `[d_ap − d_an + m]₊`.
+    pub margin: f64,
+    /// Soft margin `softplus(d_ap − d_an)` instead of the hinge (triplet-reid's default).
+    pub soft_margin: bool,
+    /// Multi-Similarity α (positive scale).
+    pub ms_alpha: f64,
+    /// Multi-Similarity β (negative scale).
+    pub ms_beta: f64,
+    /// Multi-Similarity λ (similarity offset, PML's `base`).
+    pub ms_base: f64,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            name: LossName::Triplet,
+            margin: 0.2,
+            soft_margin: false,
+            ms_alpha: 2.0,
+            ms_beta: 40.0,
+            ms_base: 0.5,
+        }
+    }
+}
+
+/// Miner names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MinerName {
+    /// Hardest positive and hardest negative per anchor.
+    BatchHard,
+    /// Every valid triplet.
+    BatchAll,
+    /// Negatives farther than the positive but within the margin.
+    SemiHard,
+    /// Multi-Similarity pair mining with ε.
+    MultiSimilarity,
+    /// No mining: all pairs or triplets.
+    None,
+}
+
+/// `[miner]`: which pairs or triplets the loss sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MinerConfig {
+    /// Which miner.
+    pub name: MinerName,
+    /// Multi-Similarity miner ε.
+    pub epsilon: f64,
+}
+
+impl Default for MinerConfig {
+    fn default() -> Self {
+        MinerConfig {
+            name: MinerName::BatchHard,
+            epsilon: 0.1,
+        }
+    }
+}
+
+/// Optimiser names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimName {
+    /// Adam with L2 weight decay added to the gradient.
+    Adam,
+    /// AdamW, decoupled weight decay.
+    Adamw,
+}
+
+/// `[optim]`: the optimiser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Adam or AdamW.
+    pub name: OptimName,
+    /// Base learning rate (the cyclic policies' lower bound).
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Adam β₁, β₂.
+    pub betas: [f64; 2],
+    /// Adam ε.
+    pub eps: f64,
+    /// Learning-rate multiplier of the head (and loss parameters) against the trunk.
+    pub head_lr_mult: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            name: OptimName::Adam,
+            lr: 1e-4,
+            weight_decay: 0.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            head_lr_mult: 1.0,
+        }
+    }
+}
+
+/// Learning-rate policies (Smith 2017; torch's CyclicLR modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrPolicy {
+    /// `optim.lr` throughout.
+    Constant,
+    /// Triangular cycles between `optim.lr` and `lr.max_lr`.
+    Triangular,
+    /// Triangular with the amplitude halved each cycle.
+    Triangular2,
+    /// Triangular with the amplitude scaled by γ^iteration.
+    ExpRange,
+}
+
+/// `[lr]`: learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LrConfig {
+    /// The policy.
+    pub policy: LrPolicy,
+    /// Upper bound of the cyclic policies.
+    pub max_lr: f64,
+    /// Half-cycle length in iterations.
+    pub step_size: usize,
+    /// γ of `exp_range`.
+    pub gamma: f64,
+}
+
+impl Default for LrConfig {
+    fn default() -> Self {
+        LrConfig {
+            policy: LrPolicy::Constant,
+            max_lr: 1e-3,
+            step_size: 2000,
+            gamma: 1.0,
+        }
+    }
+}
+
+/// `[swa]`: stochastic weight averaging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwaConfig {
+    /// First step that enters the average; 0 disables SWA.
+    pub start: usize,
+    /// Average every this many steps.
+    pub every: usize,
+}
+
+/// Numeric precision of the training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// float32 (default).
+    F32,
+    /// float64: a verification mode on CPU (world-size invariance to 1e-9).
+    F64,
+    /// bfloat16 autocast on CUDA.
+    Bf16,
+}
+
+/// `[train]`: the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Total optimiser steps (ignored when `epochs` > 0).
+    pub steps: usize,
+    /// If positive, train this many sampler epochs instead of `steps`.
+    pub epochs: usize,
+    /// Seed of everything random (sampler, augmentation, initialisation).
+    pub seed: u64,
+    /// Numeric precision.
+    pub precision: Precision,
+    /// `cpu`, `cuda` or `auto`.
+    pub device: String,
+    /// Checkpoint every this many steps (and at the end); 0 only at the end.
+    pub checkpoint_every: usize,
+    /// Number of step checkpoints kept (older ones are deleted).
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 100,
+            epochs: 0,
+            seed: 0,
+            precision: Precision::F32,
+            device: "auto".into(),
+            checkpoint_every: 50,
+            keep_checkpoints: 3,
+        }
+    }
+}
+
+/// `[eval]`: evaluation during and after training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate on the validation split every this many steps; 0 never.
+    pub every: usize,
+    /// Images per forward pass when embedding.
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            every: 0,
+            batch_size: 64,
+        }
+    }
+}
+
+/// Communicator backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// `local` for one process, else `nccl` on CUDA and `mpi` on CPU.
+    Auto,
+    /// One process, no communication.
+    Local,
+    /// MPI collectives on CPU tensors.
+    Mpi,
+    /// NCCL on CUDA tensors.
+    Nccl,
+}
+
+/// `[dist]`: distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// Backend.
+    pub backend: Backend,
+    /// Gradient all-reduce bucket size in MiB.
+    pub bucket_mb: f64,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            backend: Backend::Auto,
+            bucket_mb: 25.0,
+        }
+    }
+}
+
+/// The whole configuration of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[data]`
+    pub data: DataConfig,
+    /// `[sampler]`
+    pub sampler: SamplerConfig,
+    /// `[model]`
+    pub model: ModelConfig,
+    /// `[loss]`
+    pub loss: LossConfig,
+    /// `[miner]`
+    pub miner: MinerConfig,
+    /// `[optim]`
+    pub optim: OptimConfig,
+    /// `[lr]`
+    pub lr: LrConfig,
+    /// `[swa]`
+    pub swa: SwaConfig,
+    /// `[train]`
+    pub train: TrainConfig,
+    /// `[eval]`
+    pub eval: EvalConfig,
+    /// `[dist]`
+    pub dist: DistConfig,
+}
+
+/// Parses `value` as a TOML value (number, bool, array, quoted string); anything that
+/// is not valid TOML is taken as a bare string.
+fn parse_value(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+/// Applies one `section.key=value` override to a TOML table.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (path, value) = assignment.split_once('=').ok_or_else(|| {
+        Error::Config(format!(
+            "override `{assignment}` is not of the form section.key=value"
+        ))
+    })?;
+    let (section, key) = path.trim().split_once('.').ok_or_else(|| {
+        Error::Config(format!(
+            "override key `{}` must be section.key, e.g. train.steps",
+            path.trim()
+        ))
+    })?;
+    let entry = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let sec = entry
+        .as_table_mut()
+        .ok_or_else(|| Error::Config(format!("`{section}` is a value, not a section")))?;
+    sec.insert(key.to_string(), parse_value(value.trim()));
+    Ok(())
+}
+
+impl Config {
+    /// Parses TOML text, applies overrides, and validates.
+    ///
+    /// ```
+    /// let c = dml::config::Config::parse("[train]\nsteps = 7", &["sampler.classes_per_batch=4".into()])?;
+    /// assert_eq!((c.train.steps, c.sampler.classes_per_batch), (7, 4));
+    /// # Ok::<(), dml::Error>(())
+    /// ```
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| Error::Config(format!("not valid TOML: {e}")))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(e.message().trim().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, overrides).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// The resolved configuration as TOML text.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::Config(format!("cannot serialise: {e}")))
+    }
+
+    /// Checks values that types alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |key: &str, msg: String| Err(Error::Config(format!("{key}: {msg}")));
+        if self.sampler.classes_per_batch < 2 {
+            return fail(
+                "sampler.classes_per_batch",
+                format!(
+                    "is {}, needs at least 2 so that negatives exist",
+                    self.sampler.classes_per_batch
+                ),
+            );
+        }
+        if self.sampler.samples_per_class < 2 {
+            return fail(
+                "sampler.samples_per_class",
+                format!(
+                    "is {}, needs at least 2 so that positives exist",
+                    self.sampler.samples_per_class
+                ),
+            );
+        }
+        if self.data.image_size < 16 {
+            return fail(
+                "data.image_size",
+                format!("is {}, needs at least 16", self.data.image_size),
+            );
+        }
+        if self.data.resize < self.data.image_size {
+            return fail(
+                "data.resize",
+                format!(
+                    "is {}, must be at least data.image_size ({})",
+                    self.data.resize, self.data.image_size
+                ),
+            );
+        }
+        let [s0, s1] = self.data.crop_scale;
+        if !(0.0 < s0 && s0 <= s1 && s1 <= 1.0) {
+            return fail(
+                "data.crop_scale",
+                format!("is [{s0}, {s1}], needs 0 < min ≤ max ≤ 1"),
+            );
+        }
+        let [r0, r1] = self.data.crop_ratio;
+        if !(0.0 < r0 && r0 <= r1) {
+            return fail(
+                "data.crop_ratio",
+                format!("is [{r0}, {r1}], needs 0 < min ≤ max"),
+            );
+        }
+        if self.data.workers == 0 || self.data.prefetch == 0 {
+            return fail("data.workers / data.prefetch", "must be at least 1".into());
+        }
+        if self.model.embedding_dim == 0 {
+            return fail("model.embedding_dim", "must be positive".into());
+        }
+        if !matches!(self.model.last_stride, 1 | 2) {
+            return fail(
+                "model.last_stride",
+                format!("is {}, allowed: 1, 2", self.model.last_stride),
+            );
+        }
+        if !(self.optim.lr > 0.0) {
+            return fail(
+                "optim.lr",
+                format!("is {}, must be positive", self.optim.lr),
+            );
+        }
+        if self.lr.policy != LrPolicy::Constant {
+            if !(self.lr.max_lr >= self.optim.lr) {
+                return fail(
+                    "lr.max_lr",
+                    format!(
+                        "is {}, must be at least optim.lr ({}) for a cyclic policy",
+                        self.lr.max_lr, self.optim.lr
+                    ),
+                );
+            }
+            if self.lr.step_size == 0 {
+                return fail("lr.step_size", "must be positive".into());
+            }
+        }
+        if self.swa.start > 0 && self.swa.every == 0 {
+            return fail("swa.every", "must be positive when swa.start is set".into());
+        }
+        if self.train.steps == 0 && self.train.epochs == 0 {
+            return fail(
+                "train.steps",
+                "train.steps or train.epochs must be positive".into(),
+            );
+        }
+        if !matches!(self.train.device.as_str(), "auto" | "cpu" | "cuda") {
+            return fail(
+                "train.device",
+                format!("is `{}`, allowed: auto, cpu, cuda", self.train.device),
+            );
+        }
+        if self.train.keep_checkpoints == 0 {
+            return fail("train.keep_checkpoints", "must be at least 1".into());
+        }
+        if self.eval.batch_size == 0 {
+            return fail("eval.batch_size", "must be positive".into());
+        }
+        if self.dist.bucket_mb <= 0.0 {
+            return fail("dist.bucket_mb", "must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Global batch size N·K.
+    pub fn global_batch(&self) -> usize {
+        self.sampler.classes_per_batch * self.sampler.samples_per_class
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_lists_known_ones() {
+        let e = Config::parse("[train]\nstpes = 3", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("stpes") && e.contains("steps") && e.contains("seed"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_enum_lists_allowed_values() {
+        let e = Config::parse("", &["loss.name=contrastive".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("contrastive") && e.contains("multi_similarity"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn override_types_and_validation() {
+        let c = Config::parse("", &["optim.lr=0.5".into(), "train.device=cpu".into()]).unwrap();
+        assert_eq!(c.optim.lr, 0.5);
+        assert_eq!(c.train.device, "cpu");
+        let e = Config::parse("", &["sampler.samples_per_class=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sampler.samples_per_class"), "{e}");
+        assert!(Config::parse("", &["trainsteps=3".into()]).is_err());
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = Config::parse(
+            "",
+            &["model.bn=train".into(), "lr.policy=triangular2".into()],
+        )
+        .unwrap();
+        let back = Config::parse(&c.to_toml().unwrap(), &[]).unwrap();
+        assert_eq!(c, back);
+    }
+}

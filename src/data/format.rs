@@ -1,0 +1,417 @@
+//! The `.dmlds` dataset file: one file per split, memory-mapped and shared by every
+//! rank on a node through the page cache.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//! 0      preamble (64 bytes): magic "DMLDS\0\r\n", version u32, reserved u32,
+//!        count u64, index_offset u64, labels_offset u64, meta_offset u64,
+//!        meta_len u64, total_size u64
+//! 4096   pixel records, raw u8 HWC RGB, each starting on a 4096-byte page
+//! index  count × (offset u64, height u32, width u32)
+//! labels count × u32 (index into the metadata's class names)
+//! meta   JSON metadata: class names, sources, preprocessing, CRC-32 of the records,
+//!        index and labels
+//! ```
+//!
+//! Opening checks the magic, the version and every length against the file size, so a
+//! truncated or foreign file is an error that names the file and both sizes.
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The file's first eight bytes.
+pub const MAGIC: &[u8; 8] = b"DMLDS\0\r\n";
+/// The format version this build reads and writes.
+pub const VERSION: u32 = 1;
+/// Records start on multiples of this many bytes.
+pub const PAGE: u64 = 4096;
+const PREAMBLE_LEN: usize = 64;
+const INDEX_ENTRY_LEN: u64 = 16;
+
+/// The JSON metadata stored in every dataset file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Class names; a record's label indexes this list.
+    pub class_names: Vec<String>,
+    /// Source path (or generator description) of each record, in record order.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// How the pixels were produced, e.g. `"shorter side 256, RGB"`.
+    #[serde(default)]
+    pub preprocessing: String,
+    /// CRC-32 of the records, index and labels; filled in by the writer.
+    #[serde(default)]
+    pub checksum: u32,
+}
+
+/// One image as stored: `height × width × 3` RGB bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageRef<'a> {
+    /// HWC pixels.
+    pub pixels: &'a [u8],
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    offset: u64,
+    height: u32,
+    width: u32,
+}
+
+impl IndexEntry {
+    fn len(&self) -> u64 {
+        self.height as u64 * self.width as u64 * 3
+    }
+}
+
+/// Writes a dataset file: records are streamed to `PATH.tmp`, which is renamed to
+/// `PATH` by [`DatasetWriter::finish`], so no reader ever sees a half-written file.
+///
+/// ```no_run
+/// use dml::data::format::{DatasetWriter, Metadata};
+/// let mut w = DatasetWriter::create("train.dmlds".as_ref())?;
+/// w.push(&[0u8; 2 * 2 * 3], 2, 2, 0)?;
+/// w.finish(Metadata { class_names: vec!["a".into()], ..Default::default() })?;
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub struct DatasetWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    pos: u64,
+    index: Vec<IndexEntry>,
+    labels: Vec<u32>,
+    crc: crc32fast::Hasher,
+}
+
+impl DatasetWriter {
+    /// Starts a new dataset file at `path` (written to `path.tmp` until finished).
+    pub fn create(path: &Path) -> Result<Self> {
+        let tmp = path.with_extension("dmlds.tmp");
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&vec![0u8; PAGE as usize])
+            .map_err(|e| Error::io(&tmp, e))?;
+        Ok(DatasetWriter {
+            path: path.to_path_buf(),
+            tmp,
+            out,
+            pos: PAGE,
+            index: Vec::new(),
+            labels: Vec::new(),
+            crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// Number of records pushed so far.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True before the first push.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Appends one RGB image (`height × width × 3` bytes, HWC) with its label.
+    pub fn push(&mut self, pixels: &[u8], height: u32, width: u32, label: u32) -> Result<()> {
+        let entry = IndexEntry {
+            offset: self.pos,
+            height,
+            width,
+        };
+        if height == 0 || width == 0 || pixels.len() as u64 != entry.len() {
+            return Err(Error::dataset(
+                &self.path,
+                format!(
+                    "record {} has {} bytes, expected {height}×{width}×3 = {}",
+                    self.index.len(),
+                    pixels.len(),
+                    entry.len()
+                ),
+            ));
+        }
+        self.write(pixels)?;
+        let pad = (PAGE - self.pos % PAGE) % PAGE;
+        self.write(&vec![0u8; pad as usize])?;
+        self.index.push(entry);
+        self.labels.push(label);
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.crc.update(bytes);
+        self.pos += bytes.len() as u64;
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.tmp, e))
+    }
+
+    /// Writes the index, labels, metadata and preamble, syncs, and renames the file
+    /// into place. Labels must index `meta.class_names`.
+    pub fn finish(mut self, mut meta: Metadata) -> Result<()> {
+        if let Some(&bad) = self
+            .labels
+            .iter()
+            .find(|&&l| l as usize >= meta.class_names.len())
+        {
+            return Err(Error::dataset(
+                &self.path,
+                format!(
+                    "label {bad} has no class name ({} names given)",
+                    meta.class_names.len()
+                ),
+            ));
+        }
+        let index_offset = self.pos;
+        let mut index_bytes = Vec::with_capacity(self.index.len() * INDEX_ENTRY_LEN as usize);
+        for e in &self.index {
+            index_bytes.extend_from_slice(&e.offset.to_le_bytes());
+            index_bytes.extend_from_slice(&e.height.to_le_bytes());
+            index_bytes.extend_from_slice(&e.width.to_le_bytes());
+        }
+        self.write(&index_bytes)?;
+        let labels_offset = self.pos;
+        let label_bytes: Vec<u8> = self.labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+        self.write(&label_bytes)?;
+        meta.checksum = self.crc.clone().finalize();
+        let meta_offset = self.pos;
+        let json = serde_json::to_vec(&meta)
+            .map_err(|e| Error::dataset(&self.path, format!("metadata: {e}")))?;
+        self.out
+            .write_all(&json)
+            .map_err(|e| Error::io(&self.tmp, e))?;
+        let total = meta_offset + json.len() as u64;
+        let mut pre = Vec::with_capacity(PREAMBLE_LEN);
+        pre.extend_from_slice(MAGIC);
+        pre.extend_from_slice(&VERSION.to_le_bytes());
+        pre.extend_from_slice(&0u32.to_le_bytes());
+        for v in [
+            self.index.len() as u64,
+            index_offset,
+            labels_offset,
+            meta_offset,
+            json.len() as u64,
+            total,
+        ] {
+            pre.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| file.write_all(&pre))
+            .and_then(|_| file.sync_all())
+            .map_err(|e| Error::io(&self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// A read-only, memory-mapped dataset file.
+///
+/// ```no_run
+/// let ds = dml::data::format::Dataset::open("train.dmlds".as_ref())?;
+/// let img = ds.image(0);
+/// println!("{} images, first is {}×{}, class {}", ds.len(), img.height, img.width, ds.label(0));
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub struct Dataset {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    index: Vec<IndexEntry>,
+    labels: Vec<u32>,
+    meta: Metadata,
+    body_end: u64,
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("path", &self.path)
+            .field("len", &self.index.len())
+            .field("classes", &self.meta.class_names.len())
+            .finish()
+    }
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+impl Dataset {
+    /// Opens and validates `path`. Every offset and length is checked against the file
+    /// size; pixel bytes are not read until used (see [`Dataset::verify`]).
+    pub fn open(path: &Path) -> Result<Self> {
+        let bad = |msg: String| Error::dataset(path, msg);
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if size < PREAMBLE_LEN as u64 {
+            return Err(bad(format!(
+                "file is {size} bytes, shorter than the {PREAMBLE_LEN}-byte header: not a dml dataset or truncated; re-create it with `dml prepare` or `dml synth`"
+            )));
+        }
+        let map = crate::sys::map_readonly(&file).map_err(|e| Error::io(path, e))?;
+        let pre = &map[..PREAMBLE_LEN];
+        if &pre[..8] != MAGIC {
+            return Err(bad(
+                "not a dml dataset (bad magic); create one with `dml prepare` or `dml synth`"
+                    .into(),
+            ));
+        }
+        let version = le_u32(pre, 8);
+        if version != VERSION {
+            return Err(bad(format!(
+                "format version {version}, this dml reads version {VERSION}; re-create the file with this dml's `dml prepare`"
+            )));
+        }
+        let count = le_u64(pre, 16);
+        let index_offset = le_u64(pre, 24);
+        let labels_offset = le_u64(pre, 32);
+        let meta_offset = le_u64(pre, 40);
+        let meta_len = le_u64(pre, 48);
+        let total = le_u64(pre, 56);
+        if total != size {
+            return Err(bad(format!(
+                "expected {total} bytes, found {size}: the file is truncated or was modified; re-create it"
+            )));
+        }
+        let consistent = index_offset >= PAGE
+            && count.checked_mul(INDEX_ENTRY_LEN) == labels_offset.checked_sub(index_offset)
+            && count.checked_mul(4) == meta_offset.checked_sub(labels_offset)
+            && meta_offset.checked_add(meta_len) == Some(total);
+        if !consistent {
+            return Err(bad(format!(
+                "header sections are inconsistent (count {count}, index at {index_offset}, labels at {labels_offset}, metadata at {meta_offset}+{meta_len}, size {total}); the file is corrupt"
+            )));
+        }
+        let meta: Metadata =
+            serde_json::from_slice(&map[meta_offset as usize..(meta_offset + meta_len) as usize])
+                .map_err(|e| bad(format!("metadata is not valid JSON: {e}")))?;
+        let mut index = Vec::with_capacity(count as usize);
+        let mut labels = Vec::with_capacity(count as usize);
+        for i in 0..count as usize {
+            let at = index_offset as usize + i * INDEX_ENTRY_LEN as usize;
+            let e = IndexEntry {
+                offset: le_u64(&map, at),
+                height: le_u32(&map, at + 8),
+                width: le_u32(&map, at + 12),
+            };
+            let end = e.offset.checked_add(e.len());
+            if e.offset < PAGE
+                || e.height == 0
+                || e.width == 0
+                || end.is_none_or(|end| end > index_offset)
+            {
+                return Err(bad(format!(
+                    "record {i} ({}×{} at byte {}) lies outside the pixel section; the file is corrupt",
+                    e.height, e.width, e.offset
+                )));
+            }
+            index.push(e);
+            let label = le_u32(&map, labels_offset as usize + i * 4);
+            if label as usize >= meta.class_names.len() {
+                return Err(bad(format!(
+                    "record {i} has label {label} but there are {} classes",
+                    meta.class_names.len()
+                )));
+            }
+            labels.push(label);
+        }
+        Ok(Dataset {
+            path: path.to_path_buf(),
+            map,
+            index,
+            labels,
+            meta,
+            body_end: meta_offset,
+        })
+    }
+
+    /// The file this dataset was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True if the file holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Label (class index) of every image.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// Label of image `i`.
+    pub fn label(&self, i: usize) -> u32 {
+        self.labels[i]
+    }
+
+    /// Number of classes named in the metadata.
+    pub fn num_classes(&self) -> usize {
+        self.meta.class_names.len()
+    }
+
+    /// The metadata.
+    pub fn meta(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// Pixels of image `i` (panics if `i >= len()`).
+    pub fn image(&self, i: usize) -> ImageRef<'_> {
+        let e = self.index[i];
+        ImageRef {
+            pixels: &self.map[e.offset as usize..(e.offset + e.len()) as usize],
+            height: e.height as usize,
+            width: e.width as usize,
+        }
+    }
+
+    /// Total bytes on disk.
+    pub fn size_bytes(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Recomputes the CRC-32 of records, index and labels and compares it with the
+    /// stored one.
+    pub fn verify(&self) -> Result<()> {
+        let mut crc = crc32fast::Hasher::new();
+        for chunk in self.map[PAGE as usize..self.body_end as usize].chunks(1 << 24) {
+            crc.update(chunk);
+        }
+        let got = crc.finalize();
+        if got != self.meta.checksum {
+            return Err(Error::dataset(
+                &self.path,
+                format!(
+                    "checksum mismatch: stored {:08x}, computed {got:08x}; the file is corrupt, re-create it",
+                    self.meta.checksum
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

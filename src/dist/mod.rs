@@ -1,0 +1,1 @@
+//! Everything about ranks: the communicator and its backends.

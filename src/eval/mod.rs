@@ -1,0 +1,1 @@
+//! Retrieval evaluation ("A Metric Learning Reality Check").

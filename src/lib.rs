@@ -1,0 +1,21 @@
+//! dml: a deep metric learning trainer that runs one process per GPU under `mpirun`,
+//! mines over the all-gathered global batch with exact gradients, and reads
+//! memory-mapped preprocessed datasets.
+//!
+//! The module tree follows the data flow of DESIGN.md: [`data`] (dataset files,
+//! sampler, loader) → [`config`] → [`dist`] (ranks) → [`model`] → [`loss`] →
+//! [`optim`] → [`train`] → [`eval`].
+
+pub mod config;
+pub mod data;
+pub mod dist;
+pub mod error;
+pub mod eval;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod sys;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! Miners and metric losses over the gathered global batch.

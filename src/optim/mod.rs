@@ -1,0 +1,1 @@
+//! Optimisers, learning-rate policies and weight averaging.
