@@ -549,14 +549,14 @@ impl Config {
                 format!("is {}, allowed: 1, 2", self.model.last_stride),
             );
         }
-        if !(self.optim.lr > 0.0) {
+        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
             return fail(
                 "optim.lr",
                 format!("is {}, must be positive", self.optim.lr),
             );
         }
         if self.lr.policy != LrPolicy::Constant {
-            if !(self.lr.max_lr >= self.optim.lr) {
+            if self.lr.max_lr.is_nan() || self.lr.max_lr < self.optim.lr {
                 return fail(
                     "lr.max_lr",
                     format!(

@@ -8,7 +8,9 @@
 
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod dist;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod loss;

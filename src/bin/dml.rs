@@ -1,4 +1,252 @@
+//! The `dml` command line: synth, prepare, info, train, eval, embed.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use dml::config::{Backend, Config};
+use dml::data::Dataset;
+use dml::dist::{self, Comm};
+use dml::embed::{embed_dataset, EmbedOptions};
+use dml::eval::metrics::{evaluate, EvalOptions, Metrics};
+use dml::model::Model;
+
+#[derive(Parser)]
+#[command(name = "dml", version, about = "Deep metric learning on one GPU, many GPUs and many nodes")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a learnable synthetic dataset: DIR/train.dmlds and DIR/test.dmlds.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        classes: usize,
+        #[arg(long, default_value_t = 40)]
+        per_class: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Convert an image dataset into memory-mapped .dmlds files with its standard splits.
+    Prepare {
+        /// imagefolder, csv, cub200, cars196, sop or inshop.
+        #[arg(long)]
+        format: String,
+        #[arg(long)]
+        src: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Shorter side of the stored images.
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+    },
+    /// Describe a .dmlds file; --verify also checks its checksum.
+    Info {
+        file: PathBuf,
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Train (under mpirun: one rank per process).
+    Train {
+        #[arg(long, required_unless_present = "resume")]
+        config: Option<PathBuf>,
+        /// Continue the run in this directory from its newest checkpoint.
+        #[arg(long, conflicts_with_all = ["config", "out"])]
+        resume: Option<PathBuf>,
+        /// Override a config key: --set section.key=value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long, required_unless_present = "resume")]
+        out: Option<PathBuf>,
+    },
+    /// Retrieval metrics of a run on a dataset file, or of saved embeddings.
+    Eval {
+        /// Run directory (with --data).
+        run: Option<PathBuf>,
+        #[arg(long, requires = "run")]
+        data: Option<PathBuf>,
+        /// Gallery file for query/gallery protocols (In-Shop); --data is then the query.
+        #[arg(long, requires = "data")]
+        gallery: Option<PathBuf>,
+        #[arg(long, conflicts_with = "run", requires = "labels")]
+        embeddings: Option<PathBuf>,
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        #[arg(long, requires = "query_labels")]
+        query_embeddings: Option<PathBuf>,
+        #[arg(long)]
+        query_labels: Option<PathBuf>,
+        /// Print one JSON object with PML's metric names.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a run's embeddings of a dataset file to E.npy (labels beside it).
+    Embed {
+        run: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
 fn main() {
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0]);
-    println!("{}", t.sum(tch::Kind::Float).double_value(&[]));
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli.cmd) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs `f` with a communicator; an error on any rank aborts every rank (no hang).
+fn with_comm(backend: Backend, f: impl FnOnce(&dyn Comm) -> Result<()>) -> Result<()> {
+    let comm = dist::init(backend)?;
+    if let Err(e) = f(comm.as_ref()) {
+        if comm.world() > 1 {
+            eprintln!("error on rank {} of {}: {e:#}", comm.rank(), comm.world());
+            comm.abort(1);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Synth { out, classes, per_class, size, seed } => {
+            dml::data::synth::generate(&out, classes, per_class, size, seed)?;
+            eprintln!("wrote {}/train.dmlds and {}/test.dmlds", out.display(), out.display());
+            Ok(())
+        }
+        Cmd::Prepare { format, src, out, size } => {
+            let format = format.parse()?;
+            let report = dml::data::prepare::prepare(format, &src, &out, size)?;
+            eprintln!("{report}");
+            Ok(())
+        }
+        Cmd::Info { file, verify } => {
+            let ds = Dataset::open(&file)?;
+            println!("{}", dml::data::format::info_report(&ds));
+            if verify {
+                ds.verify()?;
+                println!("checksum OK");
+            }
+            Ok(())
+        }
+        Cmd::Train { config, resume, set, out } => {
+            let (cfg, run, resuming) = match (resume, config, out) {
+                (Some(run), _, _) => (Config::load(&run.join("config.toml"), &set)?, run, true),
+                (None, Some(c), Some(o)) => (Config::load(&c, &set)?, o, false),
+                _ => bail!("give --config FILE --out RUN, or --resume RUN"),
+            };
+            with_comm(cfg.dist.backend, |comm| {
+                dml::device::set_threads(comm.world());
+                if !resuming && comm.rank() == 0 && !dml::train::checkpoint::list(&run)?.is_empty() {
+                    bail!("{} already holds checkpoints: use --resume {} or another --out", run.display(), run.display());
+                }
+                let steps = dml::train::run(&cfg, comm, &run, resuming)?;
+                if comm.rank() == 0 {
+                    eprintln!("trained {steps} steps; model in {}", run.join("model.safetensors").display());
+                }
+                Ok(())
+            })
+        }
+        Cmd::Eval { run, data, gallery, embeddings, labels, query_embeddings, query_labels, json } => {
+            let metrics = match (run, data, embeddings, labels) {
+                (Some(run), Some(data), None, _) => {
+                    let mut result = None;
+                    with_comm(Backend::Auto, |comm| {
+                        result = Some(eval_run(comm, &run, &data, gallery.as_deref())?);
+                        Ok(())
+                    })?;
+                    result.flatten()
+                }
+                (None, None, Some(e), Some(l)) => Some(dml::eval::evaluate_npy(&dml::eval::NpyEvalArgs {
+                    embeddings: e,
+                    labels: l,
+                    query_embeddings,
+                    query_labels,
+                })?),
+                _ => bail!("give RUN --data FILE, or --embeddings E.npy --labels L.npy"),
+            };
+            if let Some(m) = metrics {
+                print_metrics(&m, json);
+            }
+            Ok(())
+        }
+        Cmd::Embed { run, data, out } => with_comm(Backend::Auto, |comm| {
+            let (model, opts) = load_run(comm, &run)?;
+            let ds = Arc::new(Dataset::open(&data)?);
+            let (emb, labels) = embed_dataset(&model, comm, ds, opts)?;
+            if comm.rank() == 0 {
+                write_npy(&out, &emb, &labels)?;
+                eprintln!("wrote {} ({} × {})", out.display(), emb.size()[0], emb.size()[1]);
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn print_metrics(m: &Metrics, json: bool) {
+    if json {
+        println!("{}", m.to_json());
+    } else {
+        println!("{}", m.table());
+    }
+}
+
+/// The model of a finished run and its test transform.
+fn load_run(comm: &dyn Comm, run: &Path) -> Result<(Model, EmbedOptions)> {
+    let cfg = Config::load(&run.join("config.toml"), &[])?;
+    dml::device::set_threads(comm.world());
+    let device = dml::device::select(&cfg.train, comm.local_rank())?;
+    let kind = dml::device::kind(cfg.train.precision, device)?;
+    let mut model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
+    let weights = run.join("model.safetensors");
+    model
+        .load(&weights)
+        .with_context(|| format!("loading {} (did the run finish?)", weights.display()))?;
+    let opts = EmbedOptions {
+        image_size: cfg.data.image_size,
+        resize: cfg.data.resize,
+        batch_size: cfg.eval.batch_size,
+        workers: cfg.data.workers,
+    };
+    Ok((model, opts))
+}
+
+/// Evaluates a run on a dataset file (same source) or on query + gallery files.
+fn eval_run(comm: &dyn Comm, run: &Path, data: &Path, gallery: Option<&Path>) -> Result<Option<Metrics>> {
+    let (model, opts) = load_run(comm, run)?;
+    let query = Arc::new(Dataset::open(data)?);
+    let (qe, ql) = embed_dataset(&model, comm, query, opts)?;
+    let metrics = match gallery {
+        None => evaluate(&qe, &ql, &qe, &ql, true, &EvalOptions::default())?,
+        Some(g) => {
+            let g = Arc::new(Dataset::open(g)?);
+            let (ge, gl) = embed_dataset(&model, comm, g, opts)?;
+            evaluate(&qe, &ql, &ge, &gl, false, &EvalOptions::default())?
+        }
+    };
+    Ok((comm.rank() == 0).then_some(metrics))
+}
+
+fn write_npy(out: &Path, emb: &tch::Tensor, labels: &[i64]) -> Result<()> {
+    let rows = emb.size()[0] as usize;
+    let cols = emb.size()[1] as usize;
+    let flat: Vec<f32> = Vec::<f32>::try_from(emb.contiguous().view(-1))?;
+    dml::eval::npy::write_f32(out, &flat, [rows, cols])?;
+    let lpath = out.with_file_name(format!(
+        "{}_labels.npy",
+        out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()
+    ));
+    dml::eval::npy::write_i64(&lpath, labels)?;
+    Ok(())
 }

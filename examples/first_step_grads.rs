@@ -1,0 +1,38 @@
+//! Runs the first training step of a config and writes the all-reduced gradients (rank 0)
+//! to a safetensors file: `mpirun -np W first_step_grads CONFIG OUT [key=value...]`.
+//! The distributed tests compare W = 1 and W = 2 (DESIGN.md, invariant 1).
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use dml::config::Config;
+use dml::data::loader::TrainLoader;
+use dml::train::{loader_options, setup, step::forward_backward};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (cfg_path, out) = match (args.get(1), args.get(2)) {
+        (Some(c), Some(o)) => (c, o),
+        _ => anyhow::bail!("usage: first_step_grads CONFIG OUT.safetensors [section.key=value...]"),
+    };
+    let cfg = Config::load(Path::new(cfg_path), &args[3..])?;
+    let comm = dml::dist::init(cfg.dist.backend)?;
+    dml::device::set_threads(comm.world());
+    let s = setup(&cfg, comm.as_ref())?;
+    let mut loader = TrainLoader::new(s.train.clone(), s.sampler, loader_options(&cfg, comm.as_ref()), 0, 1)?;
+    let batch = loader.next().context("no batch")?;
+    let images = batch.to_tensor(s.device, s.kind);
+    let labels = tch::Tensor::from_slice(&batch.labels);
+    let bucket = (cfg.dist.bucket_mb * (1 << 20) as f64) as usize;
+    let out_step = forward_backward(&s.model, s.objective.as_ref(), comm.as_ref(), &images, &labels, bucket, 1)?;
+    if comm.rank() == 0 {
+        let grads: Vec<(String, tch::Tensor)> = s
+            .model
+            .trainable()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.grad()))
+            .collect();
+        tch::Tensor::write_safetensors(&grads, out)?;
+        println!("loss {}", out_step.loss);
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Embedding a whole dataset file with a model, in shards across ranks.
+use std::sync::Arc;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::data::loader::EvalLoader;
+use crate::data::Dataset;
+use crate::dist::Comm;
+use crate::error::Result;
+use crate::model::Model;
+
+/// Test-transform settings for embedding.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbedOptions {
+    /// Crop side fed to the model.
+    pub image_size: usize,
+    /// Shorter side before the centre crop.
+    pub resize: usize,
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Loader threads.
+    pub workers: usize,
+}
+
+/// Embeds every image of `ds` (test transform, BatchNorm in eval mode). Rank r embeds a
+/// contiguous shard; the shards are all-gathered, so every rank returns the whole
+/// `[N, D]` float32 CPU tensor in file order, and the labels.
+///
+/// ```no_run
+/// # fn demo(model: &dml::model::Model, comm: &dyn dml::dist::Comm, ds: std::sync::Arc<dml::data::Dataset>) -> dml::Result<()> {
+/// let opts = dml::embed::EmbedOptions { image_size: 224, resize: 256, batch_size: 64, workers: 2 };
+/// let (emb, labels) = dml::embed::embed_dataset(model, comm, ds, opts)?;
+/// assert_eq!(emb.size()[0] as usize, labels.len());
+/// # Ok(()) }
+/// ```
+pub fn embed_dataset(
+    model: &Model,
+    comm: &dyn Comm,
+    ds: Arc<Dataset>,
+    opts: EmbedOptions,
+) -> Result<(Tensor, Vec<i64>)> {
+    let n = ds.len();
+    let world = comm.world();
+    let shard = n.div_ceil(world).max(1);
+    let start = (comm.rank() * shard).min(n);
+    let end = (start + shard).min(n);
+    // Pad short shards with the last image so that every rank gathers equal shapes.
+    let mut indices: Vec<usize> = (start..end).collect();
+    while indices.len() < shard {
+        indices.push(n.saturating_sub(1));
+    }
+    let labels: Vec<i64> = ds.labels().iter().map(|&l| l as i64).collect();
+    let device = model.device();
+    let kind = model.kind();
+    let loader = EvalLoader::new(
+        ds,
+        indices,
+        opts.batch_size,
+        opts.image_size,
+        opts.resize,
+        opts.workers,
+    );
+    let mut parts = Vec::new();
+    tch::no_grad(|| {
+        for batch in loader {
+            let x = batch.to_tensor(device, kind);
+            parts.push(model.forward(&x, false).to_kind(Kind::Float).to_device(Device::Cpu));
+        }
+    });
+    let local = if parts.is_empty() {
+        Tensor::zeros([0, model.embedding_dim() as i64], (Kind::Float, Device::Cpu))
+    } else {
+        Tensor::cat(&parts, 0)
+    };
+    let all = comm.all_gather(&local)?.narrow(0, 0, n as i64);
+    Ok((all, labels))
+}

@@ -1,0 +1,104 @@
+//! Checkpoints: `RUN/checkpoints/step-N/` with the weights, the optimiser state and the
+//! loop state. Written by rank 0 to `step-N.tmp`, synced, then renamed, so a crash never
+//! leaves a half-written checkpoint; older ones beyond `train.keep_checkpoints` are pruned.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::optim::Adam;
+
+/// Loop state stored beside the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoopState {
+    /// Steps completed.
+    pub step: usize,
+    /// Seed of the run (the sampler and loader are pure functions of seed and step).
+    pub seed: u64,
+    /// Number of images in the training file, checked on resume.
+    pub train_len: usize,
+}
+
+/// The checkpoint directory for `step`.
+pub fn dir_for(run: &Path, step: usize) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step}"))
+}
+
+/// Writes a checkpoint atomically and prunes old ones, keeping `keep`.
+pub fn save(run: &Path, model: &Model, optim: &Adam, state: &LoopState, keep: usize) -> Result<()> {
+    let dir = dir_for(run, state.step);
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    model.save(&tmp.join("model.safetensors"))?;
+    let opt: Vec<(String, Tensor)> = optim
+        .state()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(tch::Device::Cpu)))
+        .collect();
+    Tensor::write_safetensors(&opt, tmp.join("optimizer.safetensors"))?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| Error::Train(e.to_string()))?;
+    write_synced(&tmp.join("state.json"), json.as_bytes())?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    let mut steps = list(run)?;
+    steps.sort_unstable();
+    while steps.len() > keep {
+        let old = dir_for(run, steps.remove(0));
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` and syncs it to disk.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Steps of the complete checkpoints in `run` (temporary ones are ignored).
+pub fn list(run: &Path) -> Result<Vec<usize>> {
+    let dir = run.join("checkpoints");
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut steps = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let entry = entry.map_err(|e| Error::io(&dir, e))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse().ok()) {
+            steps.push(n);
+        }
+    }
+    Ok(steps)
+}
+
+/// Loads the newest checkpoint of `run` into `model` and `optim`; returns its loop state.
+pub fn load_latest(run: &Path, model: &mut Model, optim: &mut Adam) -> Result<LoopState> {
+    let step = list(run)?.into_iter().max().ok_or_else(|| {
+        Error::Train(format!(
+            "{}: no checkpoint to resume from (checkpoints/step-N is missing)",
+            run.display()
+        ))
+    })?;
+    let dir = dir_for(run, step);
+    let text = std::fs::read_to_string(dir.join("state.json"))
+        .map_err(|e| Error::io(dir.join("state.json"), e))?;
+    let state: LoopState = serde_json::from_str(&text)
+        .map_err(|e| Error::Train(format!("{}: {e}", dir.join("state.json").display())))?;
+    model.load(&dir.join("model.safetensors"))?;
+    let opt = Tensor::read_safetensors(dir.join("optimizer.safetensors")).map_err(|e| {
+        Error::Train(format!("{}: {e}", dir.join("optimizer.safetensors").display()))
+    })?;
+    optim.load_state(&opt)?;
+    Ok(state)
+}

@@ -1,0 +1,110 @@
+//! Helpers shared by the integration tests: the `dml` binary, small generated datasets,
+//! mpirun, and comparing saved weights.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `dml` binary built for this test run.
+pub fn dml() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dml"))
+}
+
+/// `mpirun -np W dml ...` (as root, oversubscribed: CI has 2 cores).
+pub fn mpirun(np: usize) -> Command {
+    mpirun_with(np, Path::new(env!("CARGO_BIN_EXE_dml")))
+}
+
+/// `mpirun -np W PROGRAM ...`.
+pub fn mpirun_with(np: usize, program: &Path) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "-np", &np.to_string()])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .arg(program);
+    c
+}
+
+/// Runs a command and returns its output, panicking with stderr if it fails.
+pub fn ok(mut c: Command) -> Output {
+    let out = c.output().expect("command runs");
+    assert!(
+        out.status.success(),
+        "command failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        c,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Generates a small synthetic dataset in `dir` (train.dmlds, test.dmlds).
+pub fn synth(dir: &Path, classes: usize, per_class: usize, size: usize) {
+    let mut c = dml();
+    c.args(["synth", "--out"])
+        .arg(dir)
+        .args(["--classes", &classes.to_string()])
+        .args(["--per-class", &per_class.to_string()])
+        .args(["--size", &size.to_string(), "--seed", "3"]);
+    ok(c);
+}
+
+/// Writes a small, fast training config for data in `data` and returns its path.
+pub fn small_config(dir: &Path, data: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"[data]
+train = "{train}"
+test = "{test}"
+image_size = 32
+resize = 36
+crop_scale = [0.5, 1.0]
+workers = 2
+prefetch = 2
+
+[sampler]
+classes_per_batch = 4
+samples_per_class = 4
+
+[model]
+trunk = "resnet18"
+embedding_dim = 32
+
+[optim]
+lr = 1e-3
+
+[train]
+steps = 6
+checkpoint_every = 3
+device = "cpu"
+{extra}
+"#,
+        train = data.join("train.dmlds").display(),
+        test = data.join("test.dmlds").display(),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Every tensor of a safetensors file, by name.
+pub fn read_weights(path: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut v = tch::Tensor::read_safetensors(path).expect("read safetensors");
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Largest relative difference ‖a − b‖∞ / max(‖b‖∞, tiny) over all tensors of two files.
+pub fn max_rel_diff(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (read_weights(a), read_weights(b));
+    assert_eq!(a.len(), b.len(), "different tensor sets");
+    let mut worst = 0f64;
+    for ((na, ta), (nb, tb)) in a.iter().zip(b.iter()) {
+        assert_eq!(na, nb);
+        let ta = ta.to_kind(tch::Kind::Double);
+        let tb = tb.to_kind(tch::Kind::Double);
+        let diff = (&ta - &tb).abs().max().double_value(&[]);
+        let scale = tb.abs().max().double_value(&[]).max(1e-30);
+        worst = worst.max(diff / scale);
+    }
+    worst
+}
