@@ -344,10 +344,19 @@ impl Default for TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
-    /// Evaluate on the validation split every this many steps; 0 never.
+    /// Evaluate on the validation split every this many steps (and at the end); 0 never.
+    /// The validation split is `data.val` if set, else fold `fold` of `folds` contiguous
+    /// parts of the sorted training classes, which the sampler then leaves out
+    /// ("A Metric Learning Reality Check").
     pub every: usize,
     /// Images per forward pass when embedding.
     pub batch_size: usize,
+    /// Number of class folds of the training split.
+    pub folds: usize,
+    /// Which fold (0-based) validates when `data.val` is empty.
+    pub fold: usize,
+    /// Validation metric that chooses `RUN/best/` (higher is better).
+    pub metric: String,
 }
 
 impl Default for EvalConfig {
@@ -355,6 +364,9 @@ impl Default for EvalConfig {
         EvalConfig {
             every: 0,
             batch_size: 64,
+            folds: 4,
+            fold: 0,
+            metric: "mean_average_precision_at_r".into(),
         }
     }
 }
@@ -589,6 +601,27 @@ impl Config {
         }
         if self.eval.batch_size == 0 {
             return fail("eval.batch_size", "must be positive".into());
+        }
+        if self.eval.folds < 2 || self.eval.fold >= self.eval.folds {
+            return fail(
+                "eval.fold",
+                format!(
+                    "is {} of eval.folds = {}; needs folds ≥ 2 and 0 ≤ fold < folds",
+                    self.eval.fold, self.eval.folds
+                ),
+            );
+        }
+        const METRICS: [&str; 4] = [
+            "precision_at_1",
+            "r_precision",
+            "mean_average_precision_at_r",
+            "recall_at_1",
+        ];
+        if !METRICS.contains(&self.eval.metric.as_str()) {
+            return fail(
+                "eval.metric",
+                format!("is `{}`, allowed: {}", self.eval.metric, METRICS.join(", ")),
+            );
         }
         if self.dist.bucket_mb <= 0.0 {
             return fail("dist.bucket_mb", "must be positive".into());

@@ -39,34 +39,55 @@ pub fn embed_dataset(
     ds: Arc<Dataset>,
     opts: EmbedOptions,
 ) -> Result<(Tensor, Vec<i64>)> {
-    let n = ds.len();
+    let all: Vec<usize> = (0..ds.len()).collect();
+    embed_indices(model, comm, ds, &all, opts)
+}
+
+/// Embeds the images `indices` of `ds` (in that order), sharded across ranks like
+/// [`embed_dataset`]; every rank returns the `[indices.len(), D]` embeddings and labels.
+///
+/// ```no_run
+/// # fn demo(model: &dml::model::Model, comm: &dyn dml::dist::Comm, ds: std::sync::Arc<dml::data::Dataset>) -> dml::Result<()> {
+/// let opts = dml::embed::EmbedOptions { image_size: 224, resize: 256, batch_size: 64, workers: 2 };
+/// let (emb, labels) = dml::embed::embed_indices(model, comm, ds, &[0, 5, 9], opts)?;
+/// assert_eq!((emb.size()[0], labels.len()), (3, 3));
+/// # Ok(()) }
+/// ```
+pub fn embed_indices(
+    model: &Model,
+    comm: &dyn Comm,
+    ds: Arc<Dataset>,
+    indices: &[usize],
+    opts: EmbedOptions,
+) -> Result<(Tensor, Vec<i64>)> {
+    let n = indices.len();
     let world = comm.world();
     let shard = n.div_ceil(world).max(1);
     let start = (comm.rank() * shard).min(n);
     let end = (start + shard).min(n);
     // Pad short shards with the last image so that every rank gathers equal shapes.
-    let mut indices: Vec<usize> = (start..end).collect();
-    while indices.len() < shard {
-        indices.push(n.saturating_sub(1));
+    let mut mine: Vec<usize> = indices[start..end].to_vec();
+    let pad = indices.last().copied().unwrap_or(0);
+    while mine.len() < shard {
+        mine.push(pad);
     }
-    let labels: Vec<i64> = ds.labels().iter().map(|&l| l as i64).collect();
+    let labels: Vec<i64> = indices.iter().map(|&i| ds.label(i) as i64).collect();
     let device = model.device();
     let kind = model.kind();
-    let loader = EvalLoader::new(
+    let mut loader = EvalLoader::new(
         ds,
-        indices,
+        mine,
         opts.batch_size,
         opts.image_size,
         opts.resize,
         opts.workers,
     );
     let mut parts = Vec::new();
-    tch::no_grad(|| {
-        for batch in loader {
-            let x = batch.to_tensor(device, kind);
-            parts.push(model.forward(&x, false).to_kind(Kind::Float).to_device(Device::Cpu));
-        }
-    });
+    while let Some(batch) = loader.try_next()? {
+        let x = batch.to_tensor(device, kind);
+        let e = tch::no_grad(|| model.forward(&x, false));
+        parts.push(e.to_kind(Kind::Float).to_device(Device::Cpu));
+    }
     let local = if parts.is_empty() {
         Tensor::zeros([0, model.embedding_dim() as i64], (Kind::Float, Device::Cpu))
     } else {

@@ -1,4 +1,5 @@
-//! The `dml` command line: synth, prepare, info, train, eval, embed.
+//! The `dml` command line: synth, prepare, info, train, eval, embed, lr-find, plot,
+//! reality-check.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -86,6 +87,38 @@ enum Cmd {
         /// Print one JSON object with PML's metric names.
         #[arg(long)]
         json: bool,
+        /// Draw queries with their top retrievals (green: correct, red: wrong) into a PNG.
+        #[arg(long, requires = "run")]
+        grid: Option<PathBuf>,
+    },
+    /// LR range test: a linear ramp of the learning rate; writes DIR/lr_find.png and
+    /// DIR/lr_find.jsonl and prints the suggested optim.lr and lr.max_lr.
+    LrFind {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1e-6)]
+        start: f64,
+        #[arg(long, default_value_t = 1e-1)]
+        end: f64,
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+    },
+    /// Draw a run's loss, learning rate, mining statistics and validation metrics into
+    /// RUN/plots/*.png.
+    Plot { run: PathBuf },
+    /// "A Metric Learning Reality Check" protocol: one model per fold of the training
+    /// classes, test metrics per fold and concatenated (OUT/reality_check.md, .json).
+    RealityCheck {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write a run's embeddings of a dataset file to E.npy (labels beside it).
     Embed {
@@ -158,12 +191,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 Ok(())
             })
         }
-        Cmd::Eval { run, data, gallery, embeddings, labels, query_embeddings, query_labels, json } => {
+        Cmd::Eval { run, data, gallery, embeddings, labels, query_embeddings, query_labels, json, grid } => {
             let metrics = match (run, data, embeddings, labels) {
                 (Some(run), Some(data), None, _) => {
                     let mut result = None;
                     with_comm(Backend::Auto, |comm| {
-                        result = Some(eval_run(comm, &run, &data, gallery.as_deref())?);
+                        result = Some(eval_run(comm, &run, &data, gallery.as_deref(), grid.as_deref())?);
                         Ok(())
                     })?;
                     result.flatten()
@@ -180,6 +213,36 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 print_metrics(&m, json);
             }
             Ok(())
+        }
+        Cmd::LrFind { config, set, out, start, end, steps } => {
+            let cfg = Config::load(&config, &set)?;
+            with_comm(cfg.dist.backend, |comm| {
+                dml::device::set_threads(comm.world());
+                let ramp = dml::train::lr_find::LrRamp { start, end, steps };
+                let r = dml::train::lr_find::lr_find(&cfg, comm, ramp)?;
+                if comm.rank() == 0 {
+                    write_lr_find(&out, &r)?;
+                    println!("suggested: optim.lr = {:.3e}  lr.max_lr = {:.3e}", r.base, r.max);
+                }
+                Ok(())
+            })
+        }
+        Cmd::Plot { run } => {
+            for p in dml::plot::plot_run(&run)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        Cmd::RealityCheck { config, set, out } => {
+            let cfg = Config::load(&config, &set)?;
+            with_comm(cfg.dist.backend, |comm| {
+                dml::device::set_threads(comm.world());
+                let report = dml::train::reality_check::run(&cfg, comm, &out)?;
+                if comm.rank() == 0 {
+                    println!("{}", dml::train::reality_check::markdown(&report));
+                }
+                Ok(())
+            })
         }
         Cmd::Embed { run, data, out } => with_comm(Backend::Auto, |comm| {
             let (model, opts) = load_run(comm, &run)?;
@@ -222,20 +285,89 @@ fn load_run(comm: &dyn Comm, run: &Path) -> Result<(Model, EmbedOptions)> {
     Ok((model, opts))
 }
 
-/// Evaluates a run on a dataset file (same source) or on query + gallery files.
-fn eval_run(comm: &dyn Comm, run: &Path, data: &Path, gallery: Option<&Path>) -> Result<Option<Metrics>> {
+/// Evaluates a run on a dataset file (same source) or on query + gallery files; with
+/// `grid`, rank 0 also draws queries and their retrievals.
+fn eval_run(
+    comm: &dyn Comm,
+    run: &Path,
+    data: &Path,
+    gallery: Option<&Path>,
+    grid: Option<&Path>,
+) -> Result<Option<Metrics>> {
     let (model, opts) = load_run(comm, run)?;
     let query = Arc::new(Dataset::open(data)?);
-    let (qe, ql) = embed_dataset(&model, comm, query, opts)?;
-    let metrics = match gallery {
-        None => evaluate(&qe, &ql, &qe, &ql, true, &EvalOptions::default())?,
+    let (qe, ql) = embed_dataset(&model, comm, query.clone(), opts)?;
+    let (reference, re, rl) = match gallery {
+        None => (query.clone(), qe.shallow_clone(), ql.clone()),
         Some(g) => {
             let g = Arc::new(Dataset::open(g)?);
-            let (ge, gl) = embed_dataset(&model, comm, g, opts)?;
-            evaluate(&qe, &ql, &ge, &gl, false, &EvalOptions::default())?
+            let (ge, gl) = embed_dataset(&model, comm, g.clone(), opts)?;
+            (g, ge, gl)
         }
     };
+    let metrics = evaluate(&qe, &ql, &re, &rl, gallery.is_none(), &EvalOptions::default())?;
+    if let (Some(path), 0) = (grid, comm.rank()) {
+        draw_grid(path, &query, &qe, &ql, &reference, &re, &rl, gallery.is_none())?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok((comm.rank() == 0).then_some(metrics))
+}
+
+/// Eight queries spread over the file with their five nearest references.
+#[allow(clippy::too_many_arguments)]
+fn draw_grid(
+    path: &Path,
+    query: &Dataset,
+    qe: &tch::Tensor,
+    ql: &[i64],
+    reference: &Dataset,
+    re: &tch::Tensor,
+    rl: &[i64],
+    same_source: bool,
+) -> Result<()> {
+    const ROWS: usize = 8;
+    const K: i64 = 5;
+    let n = ql.len();
+    let queries: Vec<usize> = (0..ROWS.min(n)).map(|i| i * n / ROWS.min(n).max(1)).collect();
+    let idx = tch::Tensor::from_slice(&queries.iter().map(|&q| q as i64).collect::<Vec<_>>());
+    let mut sims = qe.index_select(0, &idx).matmul(&re.tr());
+    if same_source {
+        for (row, &q) in queries.iter().enumerate() {
+            let _ = sims.get(row as i64).get(q as i64).fill_(f64::NEG_INFINITY);
+        }
+    }
+    let k = K.min(rl.len() as i64 - i64::from(same_source)).max(1);
+    let (_, top) = sims.topk(k, 1, true, true);
+    let mut neighbours = Vec::new();
+    let mut correct = Vec::new();
+    for (row, &q) in queries.iter().enumerate() {
+        let nb: Vec<usize> = Vec::<i64>::try_from(top.get(row as i64))?.into_iter().map(|v| v as usize).collect();
+        correct.push(nb.iter().map(|&r| rl[r] == ql[q]).collect());
+        neighbours.push(nb);
+    }
+    // Query tiles come from the query file, retrieved ones from the reference file: the
+    // grid's callback sees query indices first, then reference indices offset by n.
+    let nb_offset: Vec<Vec<usize>> = neighbours.iter().map(|v| v.iter().map(|&r| r + n).collect()).collect();
+    let mut pixels = |i: usize| -> dml::Result<(Vec<u8>, usize, usize)> {
+        let img = if i < n { query.image(i) } else { reference.image(i - n) };
+        Ok((img.pixels.to_vec(), img.height as usize, img.width as usize))
+    };
+    dml::plot::retrieval_grid(&queries, &nb_offset, &correct, 96, &mut pixels, path)?;
+    Ok(())
+}
+
+/// Writes the range test's points and picture.
+fn write_lr_find(out: &Path, r: &dml::train::lr_find::LrFindResult) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let lines: String = r
+        .points
+        .iter()
+        .map(|(lr, loss)| format!("{}\n", serde_json::json!({ "lr": lr, "loss": loss })))
+        .collect();
+    std::fs::write(out.join("lr_find.jsonl"), lines)?;
+    dml::plot::plot_lr_range(&r.points, (r.base, r.max), &out.join("lr_find.png"))?;
+    eprintln!("wrote {} and lr_find.jsonl", out.join("lr_find.png").display());
+    Ok(())
 }
 
 fn write_npy(out: &Path, emb: &tch::Tensor, labels: &[i64]) -> Result<()> {

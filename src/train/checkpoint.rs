@@ -1,5 +1,6 @@
-//! Checkpoints: `RUN/checkpoints/step-N/` with the weights, the optimiser state and the
-//! loop state. Written by rank 0 to `step-N.tmp`, synced, then renamed, so a crash never
+//! Checkpoints: `RUN/checkpoints/step-N/` with the weights, the optimiser state, the SWA
+//! average (if any) and the loop state (step and sampler state; the loader's random
+//! numbers are a pure function of seed, step and position, so they need no state). Written by rank 0 to `step-N.tmp`, synced, then renamed, so a crash never
 //! leaves a half-written checkpoint; older ones beyond `train.keep_checkpoints` are pruned.
 use std::path::{Path, PathBuf};
 
@@ -8,17 +9,16 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::optim::Adam;
+use crate::data::sampler::SamplerState;
+use crate::optim::{Adam, Swa};
 
 /// Loop state stored beside the tensors.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LoopState {
     /// Steps completed.
     pub step: usize,
-    /// Seed of the run (the sampler and loader are pure functions of seed and step).
-    pub seed: u64,
-    /// Number of images in the training file, checked on resume.
-    pub train_len: usize,
+    /// The sampler's state after `step` steps (checked against the sampler on resume).
+    pub sampler: SamplerState,
 }
 
 /// The checkpoint directory for `step`.
@@ -27,7 +27,14 @@ pub fn dir_for(run: &Path, step: usize) -> PathBuf {
 }
 
 /// Writes a checkpoint atomically and prunes old ones, keeping `keep`.
-pub fn save(run: &Path, model: &Model, optim: &Adam, state: &LoopState, keep: usize) -> Result<()> {
+pub fn save(
+    run: &Path,
+    model: &Model,
+    optim: &Adam,
+    swa: Option<&Swa>,
+    state: &LoopState,
+    keep: usize,
+) -> Result<()> {
     let dir = dir_for(run, state.step);
     let tmp = dir.with_extension("tmp");
     if tmp.exists() {
@@ -41,6 +48,14 @@ pub fn save(run: &Path, model: &Model, optim: &Adam, state: &LoopState, keep: us
         .map(|(n, t)| (n, t.to_device(tch::Device::Cpu)))
         .collect();
     Tensor::write_safetensors(&opt, tmp.join("optimizer.safetensors"))?;
+    if let Some(swa) = swa {
+        let avg: Vec<(String, Tensor)> = swa
+            .state()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(tch::Device::Cpu)))
+            .collect();
+        Tensor::write_safetensors(&avg, tmp.join("swa.safetensors"))?;
+    }
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Train(e.to_string()))?;
     write_synced(&tmp.join("state.json"), json.as_bytes())?;
     if dir.exists() {
@@ -82,8 +97,14 @@ pub fn list(run: &Path) -> Result<Vec<usize>> {
     Ok(steps)
 }
 
-/// Loads the newest checkpoint of `run` into `model` and `optim`; returns its loop state.
-pub fn load_latest(run: &Path, model: &mut Model, optim: &mut Adam) -> Result<LoopState> {
+/// Loads the newest checkpoint of `run` into `model`, `optim` and `swa`; returns its loop
+/// state.
+pub fn load_latest(
+    run: &Path,
+    model: &mut Model,
+    optim: &mut Adam,
+    swa: Option<&mut Swa>,
+) -> Result<LoopState> {
     let step = list(run)?.into_iter().max().ok_or_else(|| {
         Error::Train(format!(
             "{}: no checkpoint to resume from (checkpoints/step-N is missing)",
@@ -100,5 +121,15 @@ pub fn load_latest(run: &Path, model: &mut Model, optim: &mut Adam) -> Result<Lo
         Error::Train(format!("{}: {e}", dir.join("optimizer.safetensors").display()))
     })?;
     optim.load_state(&opt)?;
+    if let Some(swa) = swa {
+        let path = dir.join("swa.safetensors");
+        let avg = Tensor::read_safetensors(&path).map_err(|e| {
+            Error::Train(format!(
+                "{}: {e} (was the run started without swa.start?)",
+                path.display()
+            ))
+        })?;
+        swa.load_state(&avg)?;
+    }
     Ok(state)
 }

@@ -2,7 +2,10 @@
 //! checkpoints, progress); every rank runs the same steps on its slice of the batch.
 pub mod checkpoint;
 pub mod log;
+pub mod lr_find;
+pub mod reality_check;
 pub mod step;
+pub mod validate;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,8 +21,9 @@ use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
 use crate::loss::MetricLoss;
 use crate::model::Model;
-use crate::optim::{learning_rate, Adam, ParamGroup};
+use crate::optim::{learning_rate, Adam, ParamGroup, Swa};
 use checkpoint::LoopState;
+use validate::Validation;
 
 /// Trains `cfg` into the run directory `run`; with `resume`, continues from its newest
 /// checkpoint. Returns the number of steps completed.
@@ -32,14 +36,15 @@ use checkpoint::LoopState;
 /// ```
 pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<usize> {
     let rank = comm.rank();
-    let text = cfg.to_toml()?;
-    let Setup { train, sampler, mut model, objective, device, kind, total } = setup(cfg, comm)?;
+    let Setup { train, sampler, mut model, objective, device, kind, total, mut validation } = setup(cfg, comm)?;
     let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
+    let mut swa = (cfg.swa.start > 0).then(|| Swa::new(model.trainable()));
     let mut start = 0;
     if resume {
-        let state = checkpoint::load_latest(run, &mut model, &mut optim)?;
-        if state.train_len != train.len() || state.seed != cfg.train.seed {
-            return Err(Error::Train(format!("{}: checkpoint was made with another training file or seed", run.display())));
+        let state = checkpoint::load_latest(run, &mut model, &mut optim, swa.as_mut())?;
+        sampler.check_state(&state.sampler)?;
+        if let Some(v) = validation.as_mut() {
+            v.restore_best(run);
         }
         start = state.step;
     }
@@ -48,39 +53,50 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
     }
     if rank == 0 {
         std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
-        checkpoint::write_synced(&run.join("config.toml"), text.as_bytes())?;
+        checkpoint::write_synced(&run.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     }
-    let loader = TrainLoader::new(train.clone(), sampler, loader_options(cfg, comm), start as u64, total as u64)?;
+    let mut loader = TrainLoader::new(train.clone(), sampler.clone(), loader_options(cfg, comm), start as u64, total as u64)?;
     let mut log = log::RunLog::open(run, rank, start, total)?;
     let bucket = (cfg.dist.bucket_mb * (1 << 20) as f64) as usize;
-    let save = |model: &Model, optim: &Adam, step: usize| -> Result<()> {
-        let state = LoopState { step, seed: cfg.train.seed, train_len: train.len() };
-        match rank {
-            0 => checkpoint::save(run, model, optim, &state, cfg.train.keep_checkpoints),
-            _ => Ok(()),
-        }
-    };
-    for batch in loader {
-        let step = batch.step as usize;
-        let lr = learning_rate(&cfg.lr, cfg.optim.lr, step);
+    while let Some(batch) = loader.try_next()? {
+        let step = batch.step as usize + 1; // optimiser steps completed after this one
+        let lr = learning_rate(&cfg.lr, cfg.optim.lr, step - 1);
         optim.zero_grad();
         let images = batch.to_tensor(device, kind);
         let labels = tch::Tensor::from_slice(&batch.labels).to_device(device);
-        let out = step::forward_backward(&model, objective.as_ref(), comm, &images, &labels, bucket, step + 1)?;
+        let out = step::forward_backward(&model, objective.as_ref(), comm, &images, &labels, bucket, step)?;
         optim.step(lr)?;
-        let stats = serde_json::to_value(&out.stats).unwrap_or(json!({}));
-        log.step(step + 1, out.loss, lr, cfg.global_batch(), stats)?;
+        if let Some(avg) = swa.as_mut().filter(|_| Swa::should_average(&cfg.swa, step)) {
+            avg.update(model.trainable())?;
+        }
+        let mut extra = serde_json::to_value(&out.stats).unwrap_or(json!({}));
+        let every = cfg.eval.every;
+        if let Some(v) = validation.as_mut().filter(|_| every > 0 && (step % every == 0 || step == total)) {
+            merge(&mut extra, v.run(&model, comm, run, step)?);
+        }
+        log.step(step, out.loss, lr, cfg.global_batch(), extra)?;
         let every = cfg.train.checkpoint_every;
-        if (every > 0 && (step + 1) % every == 0) || step + 1 == total {
-            save(&model, &optim, step + 1)?;
+        if rank == 0 && ((every > 0 && step % every == 0) || step == total) {
+            let state = LoopState { step, sampler: sampler.state(step as u64) };
+            checkpoint::save(run, &model, &optim, swa.as_ref(), &state, cfg.train.keep_checkpoints)?;
         }
     }
     log.finish();
+    if let Some(avg) = swa.as_ref().filter(|a| a.n_averaged() > 0) {
+        model.set_trainable(avg.averaged())?;
+    }
     if rank == 0 {
         model.save(&run.join("model.safetensors"))?;
     }
     comm.barrier()?;
     Ok(total)
+}
+
+/// Adds the fields of `more` (an object) to `into` (an object).
+fn merge(into: &mut serde_json::Value, more: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), more) {
+        a.extend(b);
+    }
 }
 
 /// What a run is built from, identically on every rank.
@@ -99,6 +115,8 @@ pub struct Setup {
     pub kind: Kind,
     /// Total steps of the run.
     pub total: usize,
+    /// Evaluation during training (`eval.every` > 0).
+    pub validation: Option<Validation>,
 }
 
 /// Checks that every rank has the same config and that the world size divides the
@@ -107,7 +125,9 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
     dist::check_same_everywhere(comm, "the resolved config", cfg.to_toml()?.as_bytes())?;
     rank_slice(cfg.global_batch(), comm.rank(), comm.world())?;
     let train = Arc::new(Dataset::open(Path::new(&cfg.data.train))?);
-    let sampler = Sampler::new(train.labels(), cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class, cfg.train.seed)?;
+    let (validation, train_indices) = Validation::from_config(cfg, &train)?;
+    let (n, k) = (cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class);
+    let sampler = Sampler::for_indices(train.labels(), train_indices, n, k, cfg.train.seed)?;
     let total = match cfg.train.epochs {
         0 => cfg.train.steps,
         e => e * sampler.batches_per_epoch(),
@@ -116,7 +136,7 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
     let kind = crate::device::kind(cfg.train.precision, device)?;
     let model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
     let objective = crate::loss::build(&cfg.loss, &cfg.miner)?;
-    Ok(Setup { train, sampler, model, objective, device, kind, total })
+    Ok(Setup { train, sampler, model, objective, device, kind, total, validation })
 }
 
 /// The training loader settings of this rank.

@@ -1,0 +1,144 @@
+//! The learning-rate range test (Smith 2017): train with a learning rate that ramps
+//! linearly from `start` to `end`, record the loss at each step, and suggest the base
+//! (where the loss starts falling) and the maximum (where it turns) of a cyclic policy.
+use tch::Tensor;
+
+use crate::config::Config;
+use crate::data::loader::TrainLoader;
+use crate::dist::Comm;
+use crate::error::{Error, Result};
+use crate::optim::{lr_range, Adam};
+
+use super::{loader_options, param_groups, setup, step, Setup};
+
+/// The ramp of an LR range test.
+#[derive(Debug, Clone, Copy)]
+pub struct LrRamp {
+    /// Learning rate of the first step.
+    pub start: f64,
+    /// Learning rate of the last step.
+    pub end: f64,
+    /// Number of steps.
+    pub steps: usize,
+}
+
+/// What the test measured and suggests.
+#[derive(Debug, Clone)]
+pub struct LrFindResult {
+    /// (learning rate, loss) per step, in order.
+    pub points: Vec<(f64, f64)>,
+    /// Suggested `optim.lr` (cyclic base).
+    pub base: f64,
+    /// Suggested `lr.max_lr`.
+    pub max: f64,
+}
+
+/// Runs the range test with the model, data and objective of `cfg` on every rank (the
+/// global batch as in training). Stops early once the smoothed loss exceeds four times its
+/// minimum or is not finite.
+///
+/// ```no_run
+/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
+/// let cfg = dml::config::Config::load("configs/quickstart.toml".as_ref(), &[])?;
+/// let ramp = dml::train::lr_find::LrRamp { start: 1e-6, end: 1e-2, steps: 100 };
+/// let r = dml::train::lr_find::lr_find(&cfg, comm, ramp)?;
+/// println!("optim.lr = {:.2e}, lr.max_lr = {:.2e}", r.base, r.max);
+/// # Ok(()) }
+/// ```
+pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResult> {
+    if !(ramp.start > 0.0 && ramp.end > ramp.start && ramp.steps >= 5) {
+        return Err(Error::Input(format!(
+            "lr-find: needs 0 < start < end and at least 5 steps (got {} → {}, {} steps)",
+            ramp.start, ramp.end, ramp.steps
+        )));
+    }
+    let Setup { train, sampler, model, objective, device, .. } = setup(cfg, comm)?;
+    for (_, mut var) in model.named_variables() {
+        comm.broadcast(&mut var, 0)?;
+    }
+    let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
+    let mut loader = TrainLoader::new(train, sampler, loader_options(cfg, comm), 0, ramp.steps as u64)?;
+    let bucket = (cfg.dist.bucket_mb * (1 << 20) as f64) as usize;
+    let mut points = Vec::new();
+    let mut smooth = Smoother::new(0.9);
+    while let Some(batch) = loader.try_next()? {
+        let i = batch.step as usize;
+        let lr = lr_range(ramp.start, ramp.end, ramp.steps, i);
+        optim.zero_grad();
+        let images = batch.to_tensor(device, model.kind());
+        let labels = Tensor::from_slice(&batch.labels).to_device(device);
+        let loss = match step::forward_backward(&model, objective.as_ref(), comm, &images, &labels, bucket, i + 1) {
+            Ok(out) => out.loss,
+            Err(Error::Train(_)) => break, // a non-finite loss ends the ramp
+            Err(e) => return Err(e),
+        };
+        optim.step(lr)?;
+        points.push((lr, loss));
+        let s = smooth.push(loss);
+        if s > 4.0 * smooth.min && i > 4 {
+            break;
+        }
+    }
+    let (base, max) = suggest(&points)?;
+    Ok(LrFindResult { points, base, max })
+}
+
+/// Exponential moving average with bias correction, tracking its minimum.
+struct Smoother {
+    beta: f64,
+    avg: f64,
+    n: i32,
+    min: f64,
+}
+
+impl Smoother {
+    fn new(beta: f64) -> Smoother {
+        Smoother { beta, avg: 0.0, n: 0, min: f64::INFINITY }
+    }
+
+    fn push(&mut self, x: f64) -> f64 {
+        self.n += 1;
+        self.avg = self.beta * self.avg + (1.0 - self.beta) * x;
+        let s = self.avg / (1.0 - self.beta.powi(self.n));
+        self.min = self.min.min(s);
+        s
+    }
+}
+
+/// The smoothed losses of `points`.
+pub fn smoothed(points: &[(f64, f64)]) -> Vec<f64> {
+    let mut s = Smoother::new(0.9);
+    points.iter().map(|&(_, l)| s.push(l)).collect()
+}
+
+/// Suggests (base, max) from a range test: `max` is the learning rate at the minimum of
+/// the smoothed loss (where it turns), `base` the first learning rate at which the
+/// smoothed loss has fallen by a tenth of its total fall (where it starts falling).
+///
+/// ```
+/// // Loss falls from 2 to 1 between lr 0.2 and 0.6 and rises afterwards.
+/// let pts: Vec<(f64, f64)> = (1..=10)
+///     .map(|i| { let lr = i as f64 / 10.0; (lr, if lr <= 0.6 { 2.0 - (lr - 0.1) * 2.0 } else { 1.0 + (lr - 0.6) * 5.0 }) })
+///     .collect();
+/// let (base, max) = dml::train::lr_find::suggest(&pts)?;
+/// assert!(base < max && max <= 0.8, "{base} {max}");
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub fn suggest(points: &[(f64, f64)]) -> Result<(f64, f64)> {
+    if points.len() < 3 {
+        return Err(Error::Train(format!(
+            "lr-find: only {} finite steps; lower --start",
+            points.len()
+        )));
+    }
+    let s = smoothed(points);
+    let (imin, &lmin) = s
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .ok_or_else(|| Error::Train("lr-find: no losses".into()))?;
+    let first = s[0];
+    let threshold = first - 0.1 * (first - lmin);
+    let ibase = s.iter().position(|&l| l <= threshold).unwrap_or(0).min(imin);
+    Ok((points[ibase].0, points[imin].0))
+}
