@@ -6,7 +6,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dml::data::augment::{random_resized_crop_params, resize_center_crop, resized_crop, CropParams};
+use dml::data::augment::{
+    random_resized_crop_params, resize_center_crop, resized_crop, CropParams,
+};
 use dml::data::format::{Dataset, DatasetWriter, Metadata};
 use dml::data::loader::{Batch, EvalLoader, TrainLoader, TrainLoaderOptions};
 use dml::data::sampler::Sampler;
@@ -34,8 +36,13 @@ fn tiny_dataset(dir: &Path) -> Arc<Dataset> {
     let shapes = [(20, 28), (24, 24), (30, 18), (19, 23), (26, 31)];
     for i in 0..30usize {
         let (h, wd) = shapes[i % shapes.len()];
-        w.push(&random_image(h, wd, i as u64), h as u32, wd as u32, (i % 6) as u32)
-            .unwrap();
+        w.push(
+            &random_image(h, wd, i as u64),
+            h as u32,
+            wd as u32,
+            (i % 6) as u32,
+        )
+        .unwrap();
     }
     let meta = Metadata {
         class_names: (0..6).map(|c| format!("c{c}")).collect(),
@@ -75,7 +82,10 @@ fn train_batches_do_not_depend_on_workers_or_prefetch() {
     let a = collect(&ds, options(1, 1, 0, 1), 2, 9);
     let b = collect(&ds, options(3, 4, 0, 1), 2, 9);
     assert_eq!(a.len(), 7);
-    assert_eq!(a.iter().map(|b| b.step).collect::<Vec<_>>(), (2..9).collect::<Vec<_>>());
+    assert_eq!(
+        a.iter().map(|b| b.step).collect::<Vec<_>>(),
+        (2..9).collect::<Vec<_>>()
+    );
     assert_eq!(a, b);
     // Each sample is the documented pure function of (seed, step, position).
     let sampler = Sampler::new(ds.labels(), 4, 2, 77).unwrap();
@@ -85,7 +95,13 @@ fn train_batches_do_not_depend_on_workers_or_prefetch() {
             assert_eq!(batch.labels[pos], ds.label(idx) as i64);
             let img = ds.image(idx);
             let mut rng = SplitMix64::keyed(&[77, batch.step, pos as u64]);
-            let p = random_resized_crop_params(&mut rng, img.height, img.width, [0.3, 1.0], [0.75, 4.0 / 3.0]);
+            let p = random_resized_crop_params(
+                &mut rng,
+                img.height,
+                img.width,
+                [0.3, 1.0],
+                [0.75, 4.0 / 3.0],
+            );
             let want = resized_crop(img.pixels, img.height, img.width, &p, 16);
             assert_eq!(&batch.pixels[pos * 768..(pos + 1) * 768], &want[..]);
         }
@@ -140,7 +156,8 @@ fn worker_errors_surface_and_drop_does_not_hang() {
         drop(l);
         tx.send(()).unwrap();
     });
-    rx.recv_timeout(Duration::from_secs(20)).expect("dropping the loader hung");
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("dropping the loader hung");
 }
 
 #[test]
@@ -148,7 +165,13 @@ fn to_tensor_normalises_one_pixel() {
     // One 2×2 image; pixel (y=1, x=0) is (255, 0, 128).
     let mut pixels = vec![0u8; 12];
     pixels[6..9].copy_from_slice(&[255, 0, 128]);
-    let b = Batch { step: 0, pixels, labels: vec![3], indices: vec![0], size: 2 };
+    let b = Batch {
+        step: 0,
+        pixels,
+        labels: vec![3],
+        indices: vec![0],
+        size: 2,
+    };
     let x = b.to_tensor(tch::Device::Cpu, tch::Kind::Float);
     assert_eq!(x.size(), [1, 3, 2, 2]);
     // (v / 255 − mean) / std with ImageNet mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225):
@@ -200,7 +223,11 @@ fn pillow(img: &[u8], h: usize, w: usize, ops: &[String]) -> Vec<u8> {
         .args(ops)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::read(&dst).unwrap()
 }
 
@@ -209,23 +236,59 @@ fn augment_matches_pillow() {
     let (h, w) = (61, 83);
     let img = random_image(h, w, 5);
     let crops = [
-        CropParams { top: 0, left: 0, height: 61, width: 83, flip: false }, // downscale both
-        CropParams { top: 7, left: 11, height: 20, width: 13, flip: true }, // upscale both
-        CropParams { top: 30, left: 2, height: 31, width: 80, flip: false }, // mixed
-        CropParams { top: 5, left: 40, height: 24, width: 24, flip: true }, // identity size
-        CropParams { top: 1, left: 3, height: 59, width: 17, flip: true },
+        CropParams {
+            top: 0,
+            left: 0,
+            height: 61,
+            width: 83,
+            flip: false,
+        }, // downscale both
+        CropParams {
+            top: 7,
+            left: 11,
+            height: 20,
+            width: 13,
+            flip: true,
+        }, // upscale both
+        CropParams {
+            top: 30,
+            left: 2,
+            height: 31,
+            width: 80,
+            flip: false,
+        }, // mixed
+        CropParams {
+            top: 5,
+            left: 40,
+            height: 24,
+            width: 24,
+            flip: true,
+        }, // identity size
+        CropParams {
+            top: 1,
+            left: 3,
+            height: 59,
+            width: 17,
+            flip: true,
+        },
     ];
     let mut ops = Vec::new();
     let mut ours = Vec::new();
     for p in &crops {
-        ops.push(format!("crop:{},{},{},{},24,{}", p.top, p.left, p.height, p.width, p.flip as u8));
+        ops.push(format!(
+            "crop:{},{},{},{},24,{}",
+            p.top, p.left, p.height, p.width, p.flip as u8
+        ));
         ours.extend(resized_crop(&img, h, w, p, 24));
     }
     // Random crops as the loader draws them, at a training-like size.
     let mut rng = SplitMix64::keyed(&[3]);
     for _ in 0..6 {
         let p = random_resized_crop_params(&mut rng, h, w, [0.08, 1.0], [0.75, 4.0 / 3.0]);
-        ops.push(format!("crop:{},{},{},{},40,{}", p.top, p.left, p.height, p.width, p.flip as u8));
+        ops.push(format!(
+            "crop:{},{},{},{},40,{}",
+            p.top, p.left, p.height, p.width, p.flip as u8
+        ));
         ours.extend(resized_crop(&img, h, w, &p, 40));
     }
     for (resize, crop) in [(40, 32), (61, 50), (70, 64), (20, 24)] {

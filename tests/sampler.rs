@@ -22,7 +22,11 @@ fn check_batch(l: &[u32], batch: &[usize], n: usize, k: usize) -> Vec<u32> {
     for (chunk, &c) in batch.chunks(k).zip(&classes) {
         assert!(chunk.iter().all(|&i| l[i] == c), "class group mixes labels");
     }
-    assert_eq!(classes.iter().collect::<BTreeSet<_>>().len(), n, "{classes:?}");
+    assert_eq!(
+        classes.iter().collect::<BTreeSet<_>>().len(),
+        n,
+        "{classes:?}"
+    );
     classes
 }
 
@@ -34,7 +38,11 @@ fn batches_are_n_distinct_classes_by_k() {
         let b = s.global_batch(step);
         check_batch(&l, &b, 4, 3);
         // Classes with at least K images never repeat an image inside the batch.
-        assert_eq!(b.iter().collect::<BTreeSet<_>>().len(), 12, "step {step}: {b:?}");
+        assert_eq!(
+            b.iter().collect::<BTreeSet<_>>().len(),
+            12,
+            "step {step}: {b:?}"
+        );
     }
 }
 
@@ -121,7 +129,10 @@ fn images_cover_the_class_before_repeating() {
 fn errors_name_the_key() {
     let l = labels(&[4], 3);
     let e = Sampler::new(&l, 4, 2, 0).unwrap_err().to_string();
-    assert!(e.contains("sampler.classes_per_batch") && e.contains('3'), "{e}");
+    assert!(
+        e.contains("sampler.classes_per_batch") && e.contains('3'),
+        "{e}"
+    );
     let e = Sampler::new(&l, 0, 2, 0).unwrap_err().to_string();
     assert!(e.contains("sampler.classes_per_batch"), "{e}");
 }

@@ -333,7 +333,10 @@ mod tests {
         // Downscaling 4 -> 2 with support 2: output 0 has centre 1.0, inputs 0..3 at
         // distances 0.5, 0.5, 1.5 → weights ½·(0.75, 0.75, 0.25) normalised to
         // (3/7, 3/7, 1/7); for a row [0, 70, 140, 210] that is 30 + 20 = 50.
-        let row: Vec<u8> = [0u8, 70, 140, 210].iter().flat_map(|&v| [v, v, v]).collect();
+        let row: Vec<u8> = [0u8, 70, 140, 210]
+            .iter()
+            .flat_map(|&v| [v, v, v])
+            .collect();
         let r = Region {
             img: &row,
             stride: 12,

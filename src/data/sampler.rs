@@ -184,8 +184,16 @@ impl Sampler {
             ("training split size", me.dataset_len, s.dataset_len),
             ("number of classes", me.num_classes, s.num_classes),
             ("labels hash", me.labels_hash, s.labels_hash),
-            ("sampler.classes_per_batch", me.classes_per_batch, s.classes_per_batch),
-            ("sampler.samples_per_class", me.samples_per_class, s.samples_per_class),
+            (
+                "sampler.classes_per_batch",
+                me.classes_per_batch,
+                s.classes_per_batch,
+            ),
+            (
+                "sampler.samples_per_class",
+                me.samples_per_class,
+                s.samples_per_class,
+            ),
         ];
         for (name, now, saved) in fields {
             if now != saved {
@@ -209,7 +217,9 @@ impl Sampler {
 /// ```
 pub fn rank_slice(global_batch: usize, rank: usize, world: usize) -> Result<Range<usize>> {
     if world == 0 || rank >= world {
-        return Err(Error::Dist(format!("rank {rank} is not in a world of size {world}")));
+        return Err(Error::Dist(format!(
+            "rank {rank} is not in a world of size {world}"
+        )));
     }
     if global_batch % world != 0 {
         let lower = global_batch / world * world;
