@@ -227,10 +227,11 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
             *kx = if t < 1.0 { 1.0 - t } else { 0.0 };
             ww += *kx;
         }
-        for x in 0..n {
-            let v = if ww != 0.0 { k[x] / ww } else { k[x] };
+        let row = &mut c.taps[xx * ksize..xx * ksize + n];
+        for (tap, &kx) in row.iter_mut().zip(&k[..n]) {
+            let v = if ww != 0.0 { kx / ww } else { kx };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            c.taps[xx * ksize + x] = if v < 0.0 {
+            *tap = if v < 0.0 {
                 (f - 0.5) as i32
             } else {
                 (f + 0.5) as i32
