@@ -44,6 +44,30 @@ fn write_dataset(path: &Path, count: usize) -> dml::Result<()> {
     })
 }
 
+/// CPU time of the calling thread in seconds (Linux schedstat, nanoseconds), so that
+/// the per-core figure does not depend on other load on the machine.
+fn thread_cpu() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s: String| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |ns| ns * 1e-9)
+}
+
+/// CPU time (user + system) of the whole process in seconds, at clock-tick precision.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the state field.
+    match f.len() > 12 {
+        true => (f[10] + f[11]) / 100.0,
+        false => f64::NAN,
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -67,11 +91,11 @@ fn main() -> dml::Result<()> {
         path.display()
     );
 
-    let mut augment = Vec::new();
+    let (mut augment, mut augment_cpu): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     let mut out = vec![0u8; SIZE * SIZE * 3];
     for run in 0..3u64 {
         let images = 2 * n;
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), thread_cpu());
         for i in 0..images {
             let img = ds.image(i % n);
             let mut rng = SplitMix64::keyed(&[run, i as u64]);
@@ -79,13 +103,15 @@ fn main() -> dml::Result<()> {
             resized_crop_into(img.pixels, img.height, img.width, &p, SIZE, &mut out);
         }
         augment.push(images as f64 / t.elapsed().as_secs_f64());
+        augment_cpu.push(images as f64 / (thread_cpu() - c));
     }
     println!(
-        "augment, 1 thread:          {:>8.0} img/s (median of 3)",
-        median(augment)
+        "augment, 1 thread:     {:>6.0} img/s wall, {:>6.0} img/s per CPU-second (median of 3)",
+        median(augment),
+        median(augment_cpu)
     );
 
-    let mut loader = Vec::new();
+    let (mut loader, mut loader_cpu): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     for run in 0..3u64 {
         let sampler = Sampler::new(ds.labels(), 16, 4, run)?;
         let steps = (2 * n / 64) as u64;
@@ -99,17 +125,20 @@ fn main() -> dml::Result<()> {
             rank: 0,
             world: 1,
         };
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), process_cpu());
         let mut l = TrainLoader::new(ds.clone(), sampler, opts, 0, steps)?;
         let mut images = 0;
         while let Some(b) = l.try_next()? {
             images += b.len();
         }
+        drop(l);
         loader.push(images as f64 / t.elapsed().as_secs_f64());
+        loader_cpu.push(images as f64 / (process_cpu() - c));
     }
     println!(
-        "TrainLoader, 1 worker:      {:>8.0} img/s (median of 3)",
-        median(loader)
+        "TrainLoader, 1 worker: {:>6.0} img/s wall, {:>6.0} img/s per CPU-second (median of 3)",
+        median(loader),
+        median(loader_cpu)
     );
     Ok(())
 }
