@@ -1,1 +1,393 @@
-//! (in progress)
+//! Threaded loaders: worker threads turn sampled indices into augmented u8 batches and
+//! hand them over through bounded channels, in step order.
+//!
+//! Steps are dealt round-robin: worker `w` of `n` builds steps `start + w`,
+//! `start + w + n`, … and sends them on its own bounded channel; the consumer reads the
+//! channels in the same rotation, so batches come out in step order whatever the worker
+//! count. Every sample's random numbers come from
+//! `SplitMix64::keyed(&[seed, step, position in the global batch])`, so pixels depend
+//! neither on workers, ranks nor prefetch depth. Dropping a loader disconnects the
+//! channels; workers notice at their next send and stop.
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::augment::{random_resized_crop_params, resize_center_crop, resized_crop_into};
+use crate::data::format::Dataset;
+use crate::data::sampler::{rank_slice, Sampler};
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+
+/// ImageNet channel means (torchvision's `Normalize`).
+pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+/// ImageNet channel standard deviations.
+pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+/// Settings of the training loader of one rank.
+#[derive(Debug, Clone)]
+pub struct TrainLoaderOptions {
+    /// Side of the square crops.
+    pub image_size: usize,
+    /// Area fraction range of the random resized crop.
+    pub crop_scale: [f64; 2],
+    /// Aspect ratio range of the random resized crop.
+    pub crop_ratio: [f64; 2],
+    /// Worker threads (at least one is used).
+    pub workers: usize,
+    /// Batches buffered ahead of the consumer, across workers.
+    pub prefetch: usize,
+    /// Seed of the run.
+    pub seed: u64,
+    /// This process's rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world: usize,
+}
+
+/// One batch of u8 images with their labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Training step (or batch number for evaluation).
+    pub step: u64,
+    /// `[B, S, S, 3]` u8 RGB pixels.
+    pub pixels: Vec<u8>,
+    /// B labels.
+    pub labels: Vec<i64>,
+    /// B dataset indices.
+    pub indices: Vec<usize>,
+    /// S, the image side.
+    pub size: usize,
+}
+
+impl Batch {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when the batch holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The batch as a normalised `[B, 3, S, S]` tensor of `kind` on `device`: the u8
+    /// pixels are moved to the device first (4× less traffic than floats), then
+    /// permuted, divided by 255 and normalised with the ImageNet mean and std there.
+    ///
+    /// ```no_run
+    /// # fn f(batch: dml::data::loader::Batch) {
+    /// let x = batch.to_tensor(tch::Device::Cpu, tch::Kind::Float);
+    /// assert_eq!(x.size(), [batch.len() as i64, 3, batch.size as i64, batch.size as i64]);
+    /// # }
+    /// ```
+    pub fn to_tensor(&self, device: Device, kind: Kind) -> Tensor {
+        let (b, s) = (self.len() as i64, self.size as i64);
+        let math = match kind {
+            Kind::Double => Kind::Double,
+            _ => Kind::Float,
+        };
+        let x = Tensor::from_slice(&self.pixels)
+            .view([b, s, s, 3])
+            .to_device(device)
+            .permute([0, 3, 1, 2])
+            .to_kind(math);
+        let mean = Tensor::from_slice(&IMAGENET_MEAN)
+            .to_kind(math)
+            .to_device(device)
+            .view([1, 3, 1, 1]);
+        let std = Tensor::from_slice(&IMAGENET_STD)
+            .to_kind(math)
+            .to_device(device)
+            .view([1, 3, 1, 1]);
+        ((x / 255.0 - mean) / std).to_kind(kind).contiguous()
+    }
+}
+
+/// Worker threads building batches `0..jobs` with `make`, read back in order.
+struct Pool {
+    receivers: Vec<Receiver<Result<Batch>>>,
+    handles: Vec<JoinHandle<()>>,
+    next: u64,
+    jobs: u64,
+}
+
+impl Pool {
+    fn new<F>(jobs: u64, workers: usize, prefetch: usize, make: F) -> Pool
+    where
+        F: Fn(u64) -> Result<Batch> + Send + Sync + 'static,
+    {
+        let workers = workers.max(1).min(jobs.max(1) as usize);
+        let depth = prefetch.max(1).div_ceil(workers);
+        let make = Arc::new(make);
+        let mut receivers = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, rx) = bounded(depth);
+            receivers.push(rx);
+            let make = make.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("dml-loader-{w}"))
+                .spawn(move || work(w as u64, workers as u64, jobs, make.as_ref(), tx));
+            // A failed spawn leaves the receiver disconnected: try_next reports it.
+            if let Ok(h) = spawned {
+                handles.push(h);
+            }
+        }
+        Pool {
+            receivers,
+            handles,
+            next: 0,
+            jobs,
+        }
+    }
+
+    fn try_next(&mut self) -> Result<Option<Batch>> {
+        if self.next >= self.jobs {
+            return Ok(None);
+        }
+        let w = (self.next % self.receivers.len() as u64) as usize;
+        let batch = self.receivers[w].recv().map_err(|_| {
+            Error::Train(format!(
+                "loader worker {w} stopped before batch {} (could not start a thread?)",
+                self.next
+            ))
+        })??;
+        self.next += 1;
+        Ok(Some(batch))
+    }
+}
+
+fn work<F>(w: u64, workers: u64, jobs: u64, make: &F, tx: Sender<Result<Batch>>)
+where
+    F: Fn(u64) -> Result<Batch>,
+{
+    let mut job = w;
+    while job < jobs {
+        let out = catch_unwind(AssertUnwindSafe(|| make(job))).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(Error::Train(format!(
+                "loader worker {w} panicked on batch {job}: {msg}"
+            )))
+        });
+        let failed = out.is_err();
+        if tx.send(out).is_err() || failed {
+            return;
+        }
+        job += workers;
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Disconnect first so that workers blocked on a full channel return.
+        self.receivers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The training loader of one rank: this rank's slice of the global N×K batch of each
+/// step in `start..end`, randomly resized, cropped and flipped.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use dml::data::{format::Dataset, sampler::Sampler, loader::{TrainLoader, TrainLoaderOptions}};
+/// let ds = Arc::new(Dataset::open("train.dmlds".as_ref())?);
+/// let sampler = Sampler::new(ds.labels(), 8, 4, 0)?;
+/// let opts = TrainLoaderOptions { image_size: 224, crop_scale: [0.16, 1.0], crop_ratio: [0.75, 4.0 / 3.0],
+///     workers: 4, prefetch: 4, seed: 0, rank: 0, world: 1 };
+/// let mut loader = TrainLoader::new(ds, sampler, opts, 0, 100)?;
+/// while let Some(batch) = loader.try_next()? {
+///     let _x = batch.to_tensor(tch::Device::Cpu, tch::Kind::Float);
+/// }
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub struct TrainLoader {
+    pool: Pool,
+}
+
+impl TrainLoader {
+    /// Starts the workers for steps `start_step..end_step`.
+    ///
+    /// Fails if the world size does not divide N·K, or on an empty crop size or range.
+    pub fn new(
+        ds: Arc<Dataset>,
+        sampler: Sampler,
+        opts: TrainLoaderOptions,
+        start_step: u64,
+        end_step: u64,
+    ) -> Result<TrainLoader> {
+        let slice = rank_slice(sampler.batch_size(), opts.rank, opts.world)?;
+        if opts.image_size == 0 {
+            return Err(Error::Config("data.image_size must be at least 1".into()));
+        }
+        let jobs = end_step.saturating_sub(start_step);
+        let (workers, prefetch) = (opts.workers, opts.prefetch);
+        let make = move |job: u64| train_batch(&ds, &sampler, &opts, &slice, start_step + job);
+        Ok(TrainLoader {
+            pool: Pool::new(jobs, workers, prefetch, make),
+        })
+    }
+
+    /// The next step's batch, `None` after the last; a worker's failure is an error.
+    pub fn try_next(&mut self) -> Result<Option<Batch>> {
+        self.pool.try_next()
+    }
+}
+
+/// Yields batches until the end.
+///
+/// # Panics
+/// If a worker fails; use [`TrainLoader::try_next`] to get the error instead.
+impl Iterator for TrainLoader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        match self.try_next() {
+            Ok(b) => b,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// This rank's part of step `step`'s global batch, augmented.
+fn train_batch(
+    ds: &Dataset,
+    sampler: &Sampler,
+    opts: &TrainLoaderOptions,
+    slice: &Range<usize>,
+    step: u64,
+) -> Result<Batch> {
+    let global = sampler.global_batch(step);
+    let s = opts.image_size;
+    let per = s * s * 3;
+    let indices: Vec<usize> = global[slice.clone()].to_vec();
+    let mut pixels = vec![0u8; indices.len() * per];
+    for (i, (&idx, out)) in indices.iter().zip(pixels.chunks_exact_mut(per)).enumerate() {
+        check_index(ds, idx)?;
+        let img = ds.image(idx);
+        let position = (slice.start + i) as u64;
+        let mut rng = SplitMix64::keyed(&[opts.seed, step, position]);
+        let p = random_resized_crop_params(
+            &mut rng,
+            img.height,
+            img.width,
+            opts.crop_scale,
+            opts.crop_ratio,
+        );
+        resized_crop_into(img.pixels, img.height, img.width, &p, s, out);
+    }
+    let labels = ds.labels();
+    Ok(Batch {
+        step,
+        labels: indices.iter().map(|&i| labels[i] as i64).collect(),
+        indices,
+        pixels,
+        size: s,
+    })
+}
+
+fn check_index(ds: &Dataset, idx: usize) -> Result<()> {
+    match idx < ds.len() {
+        true => Ok(()),
+        false => Err(Error::Input(format!(
+            "image index {idx} is out of range for a dataset of {} images",
+            ds.len()
+        ))),
+    }
+}
+
+/// The evaluation loader: images `indices` in order, `batch_size` at a time (the last
+/// batch may be shorter), with the test transform (shorter side → `resize`, centre
+/// `image_size` crop).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// let ds = Arc::new(dml::data::format::Dataset::open("test.dmlds".as_ref())?);
+/// let all: Vec<usize> = (0..ds.len()).collect();
+/// let mut loader = dml::data::loader::EvalLoader::new(ds, all, 256, 224, 256, 4);
+/// while let Some(batch) = loader.try_next()? {
+///     println!("batch {} has {} images", batch.step, batch.len());
+/// }
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub struct EvalLoader {
+    pool: Pool,
+}
+
+impl EvalLoader {
+    /// Starts `workers` threads over `indices`.
+    pub fn new(
+        ds: Arc<Dataset>,
+        indices: Vec<usize>,
+        batch_size: usize,
+        image_size: usize,
+        resize: usize,
+        workers: usize,
+    ) -> EvalLoader {
+        let batch_size = batch_size.max(1);
+        let jobs = indices.len().div_ceil(batch_size) as u64;
+        let make = move |job: u64| {
+            let from = job as usize * batch_size;
+            let part = &indices[from..(from + batch_size).min(indices.len())];
+            eval_batch(&ds, part, image_size, resize, job)
+        };
+        EvalLoader {
+            pool: Pool::new(jobs, workers, workers.max(1) * 2, make),
+        }
+    }
+
+    /// The next batch, `None` after the last; a worker's failure is an error.
+    pub fn try_next(&mut self) -> Result<Option<Batch>> {
+        self.pool.try_next()
+    }
+}
+
+/// Yields batches until the end.
+///
+/// # Panics
+/// If a worker fails; use [`EvalLoader::try_next`] to get the error instead.
+impl Iterator for EvalLoader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        match self.try_next() {
+            Ok(b) => b,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn eval_batch(
+    ds: &Dataset,
+    indices: &[usize],
+    size: usize,
+    resize: usize,
+    step: u64,
+) -> Result<Batch> {
+    let mut pixels = Vec::with_capacity(indices.len() * size * size * 3);
+    for &idx in indices {
+        check_index(ds, idx)?;
+        let img = ds.image(idx);
+        pixels.extend(resize_center_crop(
+            img.pixels, img.height, img.width, resize, size,
+        ));
+    }
+    let labels = ds.labels();
+    Ok(Batch {
+        step,
+        pixels,
+        labels: indices.iter().map(|&i| labels[i] as i64).collect(),
+        indices: indices.to_vec(),
+        size,
+    })
+}
