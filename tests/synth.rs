@@ -101,6 +101,7 @@ fn raw_pixels_retrieve_above_chance_but_far_from_perfectly() {
     assert_eq!(test.len(), 144);
     let p = raw_pixel_p_at_1(&test);
     let chance = 11.0 / 143.0;
+    eprintln!("raw-pixel 1-NN P@1 {p:.3} (chance {chance:.3})");
     assert!(
         p > 1.5 * chance,
         "raw-pixel 1-NN P@1 {p:.3} is at chance ({chance:.3})"
