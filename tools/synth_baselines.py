@@ -14,7 +14,10 @@ and a linear probe (logistic regression, half of each test class to fit, half to
 on raw pixels, on colour histograms and on the CNN's embeddings.
 
 The generator is meant to be learnable but not trivial: raw pixels and colour
-histograms well above chance yet far below the CNN.
+histograms well above chance yet far below the CNN. Measured (100 classes x 40 at 72 px,
+seed 0, --epochs 12, CPU, about 15 min on 2 busy cores):
+  chance 0.020 · raw pixels 0.107 · colour histograms 0.084 · CNN 0.736 (P@1)
+  linear probe accuracy: raw pixels 0.206 · colour histograms 0.246 · CNN embeddings 0.792
 """
 import argparse
 import json

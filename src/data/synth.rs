@@ -8,7 +8,10 @@
 //! **pose** (any rotation, a translation), **scale**, a gradient background with
 //! textured **clutter** (random ellipses), a colour jitter and pixel **noise**. Raw
 //! pixels or colour histograms therefore retrieve the right class far less often than
-//! a small CNN does (`tools/synth_baselines.py` measures both).
+//! a small CNN does. `tools/synth_baselines.py` on `--classes 100 --per-class 40
+//! --size 72 --seed 0` (leave-one-out 1-NN precision@1 on the 50 unseen test classes):
+//! chance 0.020, raw pixels 0.107, colour histograms 0.084, a 4-layer CNN trained for 12
+//! epochs on the train classes 0.736 (linear probes: 0.21, 0.25 and 0.79).
 //!
 //! Every image is a pure function of `(seed, class, index)`: the output is identical
 //! whatever the number of threads.
