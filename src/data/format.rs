@@ -4,9 +4,9 @@
 //! Layout (all integers little-endian):
 //!
 //! ```text
-//! 0      preamble (64 bytes): magic "DMLDS\0\r\n", version u32, reserved u32,
-//!        count u64, index_offset u64, labels_offset u64, meta_offset u64,
-//!        meta_len u64, total_size u64
+//! 0      preamble (64 bytes): magic "DMLDS\0\r\n", version u32, meta_crc u32
+//!        (CRC-32 of the JSON metadata), count u64, index_offset u64,
+//!        labels_offset u64, meta_offset u64, meta_len u64, total_size u64
 //! 4096   pixel records, raw u8 HWC RGB, each starting on a 4096-byte page
 //! index  count × (offset u64, height u32, width u32)
 //! labels count × u32 (index into the metadata's class names)
@@ -15,7 +15,8 @@
 //! ```
 //!
 //! Opening checks the magic, the version and every length against the file size, so a
-//! truncated or foreign file is an error that names the file and both sizes.
+//! truncated, foreign, empty or inconsistent file is an [`Error::Dataset`] that names the
+//! file and the expected and actual sizes; [`Dataset::verify`] recomputes both CRC-32s.
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -159,6 +160,22 @@ impl DatasetWriter {
     /// Writes the index, labels, metadata and preamble, syncs, and renames the file
     /// into place. Labels must index `meta.class_names`.
     pub fn finish(mut self, mut meta: Metadata) -> Result<()> {
+        if self.index.is_empty() {
+            return Err(Error::dataset(
+                &self.path,
+                "no image was added: a dataset file must hold at least one image",
+            ));
+        }
+        if !meta.sources.is_empty() && meta.sources.len() != self.index.len() {
+            return Err(Error::dataset(
+                &self.path,
+                format!(
+                    "{} source paths given for {} images",
+                    meta.sources.len(),
+                    self.index.len()
+                ),
+            ));
+        }
         if let Some(&bad) = self
             .labels
             .iter()
@@ -194,7 +211,7 @@ impl DatasetWriter {
         let mut pre = Vec::with_capacity(PREAMBLE_LEN);
         pre.extend_from_slice(MAGIC);
         pre.extend_from_slice(&VERSION.to_le_bytes());
-        pre.extend_from_slice(&0u32.to_le_bytes());
+        pre.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
         for v in [
             self.index.len() as u64,
             index_offset,
@@ -232,6 +249,7 @@ pub struct Dataset {
     labels: Vec<u32>,
     meta: Metadata,
     body_end: u64,
+    meta_crc: u32,
 }
 
 impl std::fmt::Debug for Dataset {
@@ -242,6 +260,10 @@ impl std::fmt::Debug for Dataset {
             .field("classes", &self.meta.class_names.len())
             .finish()
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn le_u64(b: &[u8], at: usize) -> u64 {
@@ -257,24 +279,32 @@ fn le_u32(b: &[u8], at: usize) -> u32 {
 }
 
 impl Dataset {
-    /// Opens and validates `path`. Every offset and length is checked against the file
-    /// size; pixel bytes are not read until used (see [`Dataset::verify`]).
+    /// Opens and validates `path`. The magic, the version and every offset and length
+    /// are checked against the file size; pixel bytes are not read until used (see
+    /// [`Dataset::verify`]). Any defect is an [`Error::Dataset`] naming the file and,
+    /// where sizes are involved, the expected and the actual size.
     pub fn open(path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::dataset(path, msg);
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if size == 0 {
+            return Err(bad(format!(
+                "the file is empty (0 bytes; expected at least the {PREAMBLE_LEN}-byte header); re-create it with `dml prepare` or `dml synth`"
+            )));
+        }
         if size < PREAMBLE_LEN as u64 {
             return Err(bad(format!(
-                "file is {size} bytes, shorter than the {PREAMBLE_LEN}-byte header: not a dml dataset or truncated; re-create it with `dml prepare` or `dml synth`"
+                "the file is {size} bytes, shorter than the {PREAMBLE_LEN}-byte header (expected at least {PREAMBLE_LEN} bytes, found {size}): truncated or not a dml dataset; re-create it with `dml prepare` or `dml synth`"
             )));
         }
         let map = crate::sys::map_readonly(&file).map_err(|e| Error::io(path, e))?;
         let pre = &map[..PREAMBLE_LEN];
         if &pre[..8] != MAGIC {
-            return Err(bad(
-                "not a dml dataset (bad magic); create one with `dml prepare` or `dml synth`"
-                    .into(),
-            ));
+            return Err(bad(format!(
+                "not a dml dataset: the first bytes are {}, expected the magic {} ({size} bytes); create one with `dml prepare` or `dml synth`",
+                hex(&pre[..8]),
+                hex(MAGIC)
+            )));
         }
         let version = le_u32(pre, 8);
         if version != VERSION {
@@ -282,6 +312,7 @@ impl Dataset {
                 "format version {version}, this dml reads version {VERSION}; re-create the file with this dml's `dml prepare`"
             )));
         }
+        let meta_crc = le_u32(pre, 12);
         let count = le_u64(pre, 16);
         let index_offset = le_u64(pre, 24);
         let labels_offset = le_u64(pre, 32);
@@ -289,8 +320,26 @@ impl Dataset {
         let meta_len = le_u64(pre, 48);
         let total = le_u64(pre, 56);
         if total != size {
+            let section = if size < total {
+                let at = [
+                    (PAGE, "header page"),
+                    (index_offset, "pixel records"),
+                    (labels_offset, "index"),
+                    (meta_offset, "labels"),
+                    (total, "metadata"),
+                ]
+                .iter()
+                .find(|(end, _)| size < *end)
+                .map_or("file", |(_, name)| *name);
+                format!(
+                    "truncated: it ends inside the {at}, {} bytes short",
+                    total - size
+                )
+            } else {
+                format!("{} unexpected trailing bytes", size - total)
+            };
             return Err(bad(format!(
-                "expected {total} bytes, found {size}: the file is truncated or was modified; re-create it"
+                "expected {total} bytes (from its header), found {size}: {section}; re-create it"
             )));
         }
         let consistent = index_offset >= PAGE
@@ -299,14 +348,32 @@ impl Dataset {
             && meta_offset.checked_add(meta_len) == Some(total);
         if !consistent {
             return Err(bad(format!(
-                "header sections are inconsistent (count {count}, index at {index_offset}, labels at {labels_offset}, metadata at {meta_offset}+{meta_len}, size {total}); the file is corrupt"
+                "header sections are inconsistent: {count} records need an index of {} bytes and labels of {} bytes, but the header puts the index at {index_offset}, labels at {labels_offset}, metadata at {meta_offset} ({meta_len} bytes) in a file of {size} bytes; the file is corrupt",
+                count.saturating_mul(INDEX_ENTRY_LEN),
+                count.saturating_mul(4)
+            )));
+        }
+        if count == 0 {
+            return Err(bad(format!(
+                "the file holds no images ({size} bytes); re-create it from a non-empty source"
             )));
         }
         let meta: Metadata =
             serde_json::from_slice(&map[meta_offset as usize..(meta_offset + meta_len) as usize])
-                .map_err(|e| bad(format!("metadata is not valid JSON: {e}")))?;
+                .map_err(|e| {
+                    bad(format!(
+                        "metadata ({meta_len} bytes at {meta_offset}) is not valid JSON: {e}; the file is corrupt"
+                    ))
+                })?;
+        if !meta.sources.is_empty() && meta.sources.len() as u64 != count {
+            return Err(bad(format!(
+                "metadata lists {} source paths for {count} images; the file is corrupt",
+                meta.sources.len()
+            )));
+        }
         let mut index = Vec::with_capacity(count as usize);
         let mut labels = Vec::with_capacity(count as usize);
+        let mut prev_end = PAGE;
         for i in 0..count as usize {
             let at = index_offset as usize + i * INDEX_ENTRY_LEN as usize;
             let e = IndexEntry {
@@ -315,21 +382,26 @@ impl Dataset {
                 width: le_u32(&map, at + 12),
             };
             let end = e.offset.checked_add(e.len());
-            if e.offset < PAGE
+            if e.offset < prev_end
+                || e.offset % PAGE != 0
                 || e.height == 0
                 || e.width == 0
                 || end.is_none_or(|end| end > index_offset)
             {
                 return Err(bad(format!(
-                    "record {i} ({}×{} at byte {}) lies outside the pixel section; the file is corrupt",
-                    e.height, e.width, e.offset
+                    "index entry {i} is inconsistent: a {}×{}×3 record ({} bytes) at byte {} does not fit the pixel section [{prev_end}, {index_offset}) on a {PAGE}-byte page; the file is corrupt",
+                    e.height,
+                    e.width,
+                    e.len(),
+                    e.offset
                 )));
             }
+            prev_end = e.offset + e.len();
             index.push(e);
             let label = le_u32(&map, labels_offset as usize + i * 4);
             if label as usize >= meta.class_names.len() {
                 return Err(bad(format!(
-                    "record {i} has label {label} but there are {} classes",
+                    "record {i} has label {label} but the metadata names {} classes; the file is corrupt",
                     meta.class_names.len()
                 )));
             }
@@ -342,6 +414,7 @@ impl Dataset {
             labels,
             meta,
             body_end: meta_offset,
+            meta_crc,
         })
     }
 
@@ -395,8 +468,30 @@ impl Dataset {
         self.map.len() as u64
     }
 
-    /// Recomputes the CRC-32 of records, index and labels and compares it with the
-    /// stored one.
+    /// Height and width of image `i` without touching its pixels (panics if
+    /// `i >= len()`).
+    pub fn dims(&self, i: usize) -> (usize, usize) {
+        let e = self.index[i];
+        (e.height as usize, e.width as usize)
+    }
+
+    /// Name of class `label`, or `None` if the label is out of range.
+    pub fn class_name(&self, label: u32) -> Option<&str> {
+        self.meta
+            .class_names
+            .get(label as usize)
+            .map(String::as_str)
+    }
+
+    /// Recomputes the CRC-32 of the records, index and labels, and of the JSON metadata,
+    /// and compares them with the stored ones; a mismatch is an [`Error::Dataset`] that
+    /// names the file and the part that differs.
+    ///
+    /// ```no_run
+    /// let ds = dml::data::format::Dataset::open("train.dmlds".as_ref())?;
+    /// ds.verify()?;
+    /// # Ok::<(), dml::Error>(())
+    /// ```
     pub fn verify(&self) -> Result<()> {
         let mut crc = crc32fast::Hasher::new();
         for chunk in self.map[PAGE as usize..self.body_end as usize].chunks(1 << 24) {
@@ -407,11 +502,89 @@ impl Dataset {
             return Err(Error::dataset(
                 &self.path,
                 format!(
-                    "checksum mismatch: stored {:08x}, computed {got:08x}; the file is corrupt, re-create it",
+                    "checksum mismatch in the pixel records, index or labels: stored {:08x}, computed {got:08x}; the file is corrupt, re-create it",
                     self.meta.checksum
+                ),
+            ));
+        }
+        let got = crc32fast::hash(&self.map[self.body_end as usize..]);
+        if got != self.meta_crc {
+            return Err(Error::dataset(
+                &self.path,
+                format!(
+                    "checksum mismatch in the metadata: stored {:08x}, computed {got:08x}; the file is corrupt, re-create it",
+                    self.meta_crc
                 ),
             ));
         }
         Ok(())
     }
+}
+
+/// A human summary of a dataset file: path, format version, image and class counts,
+/// image sizes, bytes on disk, images per class and the preprocessing recorded in it.
+///
+/// ```no_run
+/// let ds = dml::data::format::Dataset::open("train.dmlds".as_ref())?;
+/// println!("{}", dml::data::format::info_report(&ds));
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub fn info_report(ds: &Dataset) -> String {
+    let (mut hmin, mut hmax, mut wmin, mut wmax) = (usize::MAX, 0, usize::MAX, 0);
+    let mut pixels = 0u64;
+    for i in 0..ds.len() {
+        let (h, w) = ds.dims(i);
+        hmin = hmin.min(h);
+        hmax = hmax.max(h);
+        wmin = wmin.min(w);
+        wmax = wmax.max(w);
+        pixels += (h * w) as u64;
+    }
+    let mut per_class = vec![0usize; ds.num_classes()];
+    for &l in ds.labels() {
+        per_class[l as usize] += 1;
+    }
+    let used = per_class.iter().filter(|&&c| c > 0).count();
+    let cmin = per_class
+        .iter()
+        .copied()
+        .filter(|&c| c > 0)
+        .min()
+        .unwrap_or(0);
+    let cmax = per_class.iter().copied().max().unwrap_or(0);
+    let names: Vec<&str> = ds
+        .meta
+        .class_names
+        .iter()
+        .take(3)
+        .map(String::as_str)
+        .collect();
+    let more = if ds.num_classes() > 3 { ", …" } else { "" };
+    let range = |lo: usize, hi: usize| {
+        if lo == hi {
+            format!("{lo}")
+        } else {
+            format!("{lo}–{hi}")
+        }
+    };
+    let preprocessing = if ds.meta.preprocessing.is_empty() {
+        "(not recorded)"
+    } else {
+        &ds.meta.preprocessing
+    };
+    format!(
+        "file           {}\nformat         dmlds version {VERSION}\nimages         {}\nclasses        {} ({}{more}); {} with images, {} images per class\nimage size     height {} × width {} (RGB u8 HWC)\npixel bytes    {}\nfile bytes     {} ({:.1} MiB)\npreprocessing  {preprocessing}\nchecksum       {:08x}",
+        ds.path.display(),
+        ds.len(),
+        ds.num_classes(),
+        names.join(", "),
+        used,
+        range(cmin, cmax),
+        range(hmin, hmax),
+        range(wmin, wmax),
+        pixels * 3,
+        ds.size_bytes(),
+        ds.size_bytes() as f64 / (1u64 << 20) as f64,
+        ds.meta.checksum
+    )
 }

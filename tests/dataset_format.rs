@@ -1,0 +1,325 @@
+//! The `.dmlds` file: round trip, and every kind of damage turned into a clear
+//! `Error::Dataset` naming the file (and the sizes where sizes are involved).
+use std::path::{Path, PathBuf};
+
+use dml::data::format::{info_report, Dataset, DatasetWriter, Metadata, PAGE};
+use dml::Error;
+
+/// Three records of different sizes; pixel bytes are a function of (record, byte).
+fn records() -> Vec<(Vec<u8>, u32, u32, u32)> {
+    [(2u32, 3u32, 0u32), (5, 4, 1), (1, 7, 0)]
+        .iter()
+        .enumerate()
+        .map(|(r, &(h, w, l))| {
+            let px = (0..h * w * 3)
+                .map(|b| (b as usize * 7 + r * 31) as u8)
+                .collect();
+            (px, h, w, l)
+        })
+        .collect()
+}
+
+fn meta() -> Metadata {
+    Metadata {
+        class_names: vec!["alpha".into(), "beta".into()],
+        sources: vec!["a.jpg".into(), "b.jpg".into(), "c.png".into()],
+        preprocessing: "shorter side 256, RGB".into(),
+        checksum: 0,
+    }
+}
+
+fn write(dir: &Path) -> PathBuf {
+    let path = dir.join("ds.dmlds");
+    let mut w = DatasetWriter::create(&path).unwrap();
+    for (px, h, w_, l) in records() {
+        w.push(&px, h, w_, l).unwrap();
+    }
+    w.finish(meta()).unwrap();
+    path
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// The message of an `Error::Dataset` for `path`; panics on any other outcome.
+fn dataset_error(path: &Path) -> String {
+    match Dataset::open(path) {
+        Err(Error::Dataset { path: p, msg }) => {
+            assert_eq!(p, path);
+            let shown = Error::dataset(&p, msg.clone()).to_string();
+            assert!(shown.contains(&path.display().to_string()), "{shown}");
+            msg
+        }
+        Err(e) => panic!("expected a dataset error, got {e}"),
+        Ok(_) => panic!("{} opened despite the damage", path.display()),
+    }
+}
+
+#[test]
+fn round_trip_keeps_pixels_labels_sizes_and_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path());
+    assert!(!tmp.path().join("ds.dmlds.tmp").exists());
+    let ds = Dataset::open(&path).unwrap();
+    assert_eq!(ds.len(), 3);
+    assert_eq!(ds.num_classes(), 2);
+    assert_eq!(ds.labels(), &[0, 1, 0]);
+    for (i, (px, h, w, l)) in records().into_iter().enumerate() {
+        let img = ds.image(i);
+        assert_eq!((img.height, img.width), (h as usize, w as usize));
+        assert_eq!(ds.dims(i), (h as usize, w as usize));
+        assert_eq!(img.pixels, &px[..]);
+        assert_eq!(ds.label(i), l);
+    }
+    assert_eq!(ds.class_name(1), Some("beta"));
+    assert_eq!(ds.class_name(2), None);
+    let m = ds.meta();
+    assert_eq!(m.class_names, meta().class_names);
+    assert_eq!(m.sources, meta().sources);
+    assert_eq!(m.preprocessing, meta().preprocessing);
+    // The stored checksum is the CRC-32 of everything between the header page and the
+    // metadata (records with their page padding, index, labels).
+    let bytes = std::fs::read(&path).unwrap();
+    let meta_offset = u64_at(&bytes, 40) as usize;
+    assert_eq!(
+        m.checksum,
+        crc32fast::hash(&bytes[PAGE as usize..meta_offset])
+    );
+    ds.verify().unwrap();
+    // Records start on pages: 3 records of < 1 page each, so the index is at 4 pages.
+    assert_eq!(u64_at(&bytes, 24), 4 * PAGE);
+    assert_eq!(ds.size_bytes(), bytes.len() as u64);
+
+    let info = info_report(&ds);
+    for needle in [
+        path.display().to_string(),
+        "version 1".into(),
+        "images         3".into(),
+        "classes        2 (alpha, beta)".into(),
+        "height 1–5 × width 3–7".into(),
+        format!("file bytes     {}", bytes.len()),
+        // 2·3 + 5·4 + 1·7 = 33 pixels of 3 bytes.
+        "pixel bytes    99".into(),
+        "1–2 images per class".into(),
+        "shorter side 256, RGB".into(),
+    ] {
+        assert!(info.contains(&needle), "{needle:?} not in\n{info}");
+    }
+}
+
+#[test]
+fn truncation_anywhere_names_file_and_both_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let total = bytes.len();
+    let (index, labels, meta) = (
+        u64_at(&bytes, 24) as usize,
+        u64_at(&bytes, 32) as usize,
+        u64_at(&bytes, 40) as usize,
+    );
+    let cut = tmp.path().join("cut.dmlds");
+    // Inside the 64-byte preamble: only the actual size can be known.
+    for at in [1usize, 10, 63] {
+        std::fs::write(&cut, &bytes[..at]).unwrap();
+        let msg = dataset_error(&cut);
+        assert!(msg.contains(&format!("found {at}")), "{msg}");
+        assert!(msg.contains("64"), "{msg}");
+    }
+    for (at, section) in [
+        (100, "header page"),
+        (PAGE as usize + 5, "pixel records"),
+        (index + 3, "index"),
+        (labels + 2, "labels"),
+        (meta + 1, "metadata"),
+        (total - 1, "metadata"),
+    ] {
+        std::fs::write(&cut, &bytes[..at]).unwrap();
+        let msg = dataset_error(&cut);
+        assert!(
+            msg.contains(&format!("expected {total} bytes"))
+                && msg.contains(&format!("found {at}")),
+            "{msg}"
+        );
+        assert!(msg.contains(section), "cut at {at}: {msg}");
+        assert!(
+            msg.contains(&format!("{} bytes short", total - at)),
+            "{msg}"
+        );
+    }
+    // Extra bytes are an error too.
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(b"xyz");
+    std::fs::write(&cut, &longer).unwrap();
+    let msg = dataset_error(&cut);
+    assert!(msg.contains(&format!("expected {total} bytes")), "{msg}");
+    assert!(msg.contains("3 unexpected trailing bytes"), "{msg}");
+}
+
+#[test]
+fn empty_foreign_and_wrong_version_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty.dmlds");
+    std::fs::write(&empty, b"").unwrap();
+    let msg = dataset_error(&empty);
+    assert!(msg.contains("empty (0 bytes"), "{msg}");
+
+    let foreign = tmp.path().join("photo.dmlds");
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.resize(200, 0);
+    std::fs::write(&foreign, &png).unwrap();
+    let msg = dataset_error(&foreign);
+    assert!(msg.contains("not a dml dataset"), "{msg}");
+    assert!(msg.contains("89504e470d0a1a0a"), "{msg}");
+    assert!(msg.contains("200 bytes"), "{msg}");
+
+    let path = write(tmp.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8] = 7;
+    let v7 = tmp.path().join("v7.dmlds");
+    std::fs::write(&v7, &bytes).unwrap();
+    let msg = dataset_error(&v7);
+    assert!(
+        msg.contains("format version 7") && msg.contains("reads version 1"),
+        "{msg}"
+    );
+
+    let missing = tmp.path().join("missing.dmlds");
+    match Dataset::open(&missing) {
+        Err(Error::Io { path, .. }) => assert_eq!(path, missing),
+        other => panic!("expected an I/O error naming the file, got {other:?}"),
+    }
+}
+
+/// Writes `bytes` with `patch` applied to a copy and returns the error message.
+fn patched(dir: &Path, bytes: &[u8], patch: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut b = bytes.to_vec();
+    patch(&mut b);
+    let p = dir.join("patched.dmlds");
+    std::fs::write(&p, &b).unwrap();
+    dataset_error(&p)
+}
+
+#[test]
+fn inconsistent_header_index_and_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let total = bytes.len();
+    let index = u64_at(&bytes, 24) as usize;
+    let labels = u64_at(&bytes, 32) as usize;
+
+    // One more record in the header than the sections hold: 4 records need 64 + 16 bytes.
+    let msg = patched(tmp.path(), &bytes, |b| b[16] = 4);
+    assert!(msg.contains("inconsistent"), "{msg}");
+    assert!(
+        msg.contains("4 records need an index of 64 bytes and labels of 16 bytes"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("file of {total} bytes")), "{msg}");
+
+    // Zero records with consistent sections (index and labels of length 0 moved).
+    let msg = patched(tmp.path(), &bytes, |b| {
+        b[16..24].copy_from_slice(&0u64.to_le_bytes());
+        b[32..40].copy_from_slice(&(index as u64).to_le_bytes());
+        b[40..48].copy_from_slice(&(index as u64).to_le_bytes());
+        let meta_len = (total - index) as u64;
+        b[48..56].copy_from_slice(&meta_len.to_le_bytes());
+    });
+    assert!(msg.contains("holds no images"), "{msg}");
+
+    // Record 1's height made huge: its bytes would run past the pixel section.
+    let msg = patched(tmp.path(), &bytes, |b| {
+        let at = index + 16 + 8;
+        b[at..at + 4].copy_from_slice(&100_000u32.to_le_bytes());
+    });
+    assert!(msg.contains("index entry 1"), "{msg}");
+    assert!(msg.contains("100000×4×3 record (1200000 bytes)"), "{msg}");
+
+    // Record 2 moved off its page.
+    let msg = patched(tmp.path(), &bytes, |b| {
+        let at = index + 2 * 16;
+        let off = u64_at(b, at) + 8;
+        b[at..at + 8].copy_from_slice(&off.to_le_bytes());
+    });
+    assert!(msg.contains("index entry 2"), "{msg}");
+
+    // A label beyond the two class names.
+    let msg = patched(tmp.path(), &bytes, |b| b[labels + 4] = 9);
+    assert!(
+        msg.contains("record 1 has label 9") && msg.contains("2 classes"),
+        "{msg}"
+    );
+
+    // Metadata that is not JSON.
+    let meta = u64_at(&bytes, 40) as usize;
+    let msg = patched(tmp.path(), &bytes, |b| b[meta] = b'#');
+    assert!(msg.contains("not valid JSON"), "{msg}");
+}
+
+#[test]
+fn verify_detects_bit_flips_by_part() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let labels = u64_at(&bytes, 32) as usize;
+    let meta = u64_at(&bytes, 40) as usize;
+    let name = meta
+        + std::str::from_utf8(&bytes[meta..])
+            .unwrap()
+            .find("alpha")
+            .unwrap();
+    // Flips that keep the file openable: a pixel, page padding, label 0 → 1, "alpha" → "clpha".
+    for (at, mask, part) in [
+        (PAGE as usize + 3, 0x02, "pixel records"),
+        (PAGE as usize + 100, 0x80, "pixel records"),
+        (labels, 0x01, "pixel records, index or labels"),
+        (name, 0x02, "metadata"),
+    ] {
+        let mut b = bytes.clone();
+        b[at] ^= mask;
+        let p = tmp.path().join("flipped.dmlds");
+        std::fs::write(&p, &b).unwrap();
+        let ds = Dataset::open(&p).unwrap();
+        match ds.verify() {
+            Err(Error::Dataset { path, msg }) => {
+                assert_eq!(path, p);
+                assert!(
+                    msg.contains("checksum mismatch") && msg.contains(part),
+                    "{msg}"
+                );
+            }
+            other => panic!("bit flip at {at} not detected: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn writer_rejects_bad_records_and_empty_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("w.dmlds");
+    let mut w = DatasetWriter::create(&path).unwrap();
+    let e = w.push(&[0u8; 10], 2, 2, 0).unwrap_err().to_string();
+    assert!(e.contains("10 bytes, expected 2×2×3 = 12"), "{e}");
+    let e = w.finish(meta()).unwrap_err().to_string();
+    assert!(e.contains("no image"), "{e}");
+    assert!(!path.exists());
+
+    let mut w = DatasetWriter::create(&path).unwrap();
+    w.push(&[0u8; 12], 2, 2, 0).unwrap();
+    let e = w.finish(meta()).unwrap_err().to_string();
+    assert!(e.contains("3 source paths given for 1 images"), "{e}");
+
+    let mut w = DatasetWriter::create(&path).unwrap();
+    w.push(&[0u8; 12], 2, 2, 5).unwrap();
+    let no_sources = Metadata {
+        sources: vec![],
+        ..meta()
+    };
+    let e = w.finish(no_sources).unwrap_err().to_string();
+    assert!(
+        e.contains("label 5 has no class name (2 names given)"),
+        "{e}"
+    );
+}
