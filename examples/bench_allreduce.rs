@@ -6,7 +6,7 @@
 //! a Markdown table of median and min times (BENCHMARKS.md, "Communication").
 use std::time::Instant;
 
-use dml::dist::{self, Comm};
+use dml::dist;
 use tch::{Device, Kind, Tensor};
 
 /// torchvision resnet18's trainable parameter shapes, in state_dict order (62 tensors).
@@ -34,7 +34,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() -> dml::Result<()> {
-    let repeats: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let repeats: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let comm = dist::init(dml::config::Backend::Auto)?;
     let params: Vec<Tensor> = resnet18_shapes()
         .iter()

@@ -23,9 +23,10 @@ fn ensure(ok: bool, what: impl FnOnce() -> String) -> Check {
 }
 
 fn same(a: &Tensor, b: &Tensor, what: &str) -> Check {
-    ensure(a.size() == b.size() && a.kind() == b.kind() && a.equal(b), || {
-        format!("{what}: got {a:?} {a}, expected {b:?} {b}")
-    })
+    ensure(
+        a.size() == b.size() && a.kind() == b.kind() && a.equal(b),
+        || format!("{what}: got {a:?} {a}, expected {b:?} {b}"),
+    )
 }
 
 /// Rank r's tensor for the value checks: [2, 3] of `base + 10 r`.
@@ -40,34 +41,46 @@ fn collectives(comm: &dyn Comm) -> Check {
     for kind in [Kind::Float, Kind::Double, Kind::Int64, Kind::Uint8] {
         // all_gather: rank blocks in rank order.
         let expected = Tensor::cat(&(0..w).map(|q| ranked(kind, q)).collect::<Vec<_>>(), 0);
-        let got = comm.all_gather(&ranked(kind, r)).map_err(|e| e.to_string())?;
+        let got = comm
+            .all_gather(&ranked(kind, r))
+            .map_err(|e| e.to_string())?;
         same(&got, &expected, &format!("all_gather {kind:?}"))?;
         // all_reduce_sum: sum over q of (base + 10 q) = W base + 10 W(W-1)/2.
         let mut t = ranked(kind, r);
         comm.all_reduce_sum(&mut t).map_err(|e| e.to_string())?;
-        let sum = (0..w).fold(Tensor::zeros([2, 3], (Kind::Int64, Device::Cpu)), |acc, q| {
-            acc + ranked(Kind::Int64, q)
-        });
+        let sum = (0..w).fold(
+            Tensor::zeros([2, 3], (Kind::Int64, Device::Cpu)),
+            |acc, q| acc + ranked(Kind::Int64, q),
+        );
         same(&t, &sum.to_kind(kind), &format!("all_reduce_sum {kind:?}"))?;
         // broadcast from the last rank and from rank 0.
         for root in [w - 1, 0] {
             let mut t = ranked(kind, r);
             comm.broadcast(&mut t, root).map_err(|e| e.to_string())?;
-            same(&t, &ranked(kind, root), &format!("broadcast {kind:?} from {root}"))?;
+            same(
+                &t,
+                &ranked(kind, root),
+                &format!("broadcast {kind:?} from {root}"),
+            )?;
         }
     }
     // A scalar gathers into a vector; an empty tensor into an empty one.
-    let got = comm.all_gather(&Tensor::from(r as f64)).map_err(|e| e.to_string())?;
+    let got = comm
+        .all_gather(&Tensor::from(r as f64))
+        .map_err(|e| e.to_string())?;
     let ranks: Vec<f64> = (0..w).map(|q| q as f64).collect();
     same(&got, &Tensor::from_slice(&ranks), "all_gather of a scalar")?;
     let got = comm
         .all_gather(&Tensor::zeros([0, 4], (Kind::Float, Device::Cpu)))
         .map_err(|e| e.to_string())?;
-    ensure(got.size() == [0, 4], || format!("all_gather of [0, 4]: {:?}", got.size()))?;
+    ensure(got.size() == [0, 4], || {
+        format!("all_gather of [0, 4]: {:?}", got.size())
+    })?;
     comm.barrier().map_err(|e| e.to_string())?;
-    ensure(comm.local_world() >= 1 && comm.local_rank() < comm.local_world(), || {
-        format!("local rank {} of {}", comm.local_rank(), comm.local_world())
-    })
+    ensure(
+        comm.local_world() >= 1 && comm.local_rank() < comm.local_world(),
+        || format!("local rank {} of {}", comm.local_rank(), comm.local_world()),
+    )
 }
 
 /// Parameters of odd sizes and two kinds; the gradient of parameter i on rank r is
@@ -79,7 +92,10 @@ fn params_with_grads(r: usize) -> Vec<Tensor> {
         let kind = if i == 3 { Kind::Double } else { Kind::Float };
         let p = if i == 1 {
             // A transposed (non-contiguous) leaf: its gradient is non-contiguous too.
-            Tensor::zeros([5, 3], (kind, Device::Cpu)).tr().detach().set_requires_grad(true)
+            Tensor::zeros([5, 3], (kind, Device::Cpu))
+                .tr()
+                .detach()
+                .set_requires_grad(true)
         } else {
             Tensor::zeros(*shape, (kind, Device::Cpu)).set_requires_grad(true)
         };
@@ -90,7 +106,8 @@ fn params_with_grads(r: usize) -> Vec<Tensor> {
             continue; // no gradient: skipped, on every rank
         }
         let n = p.numel() as i64;
-        let g = ((Tensor::arange(n, (Kind::Int64, Device::Cpu)) * (i as i64 + 1)).remainder(17)
+        let g = ((Tensor::arange(n, (Kind::Int64, Device::Cpu)) * (i as i64 + 1))
+            .remainder(17)
             .to_kind(Kind::Double)
             * 0.5
             + r as f64)
@@ -154,15 +171,21 @@ fn mismatches(comm: &dyn Comm) -> Check {
         .ok_or("check_same_everywhere missed a difference")?
         .to_string();
     let others: Vec<usize> = (1..comm.world()).collect();
-    ensure(e.contains("the rank's name") && e.contains(&format!("{others:?}")), || {
-        format!("check_same_everywhere's message: {e}")
-    })?;
+    ensure(
+        e.contains("the rank's name") && e.contains(&format!("{others:?}")),
+        || format!("check_same_everywhere's message: {e}"),
+    )?;
     // Different shapes in all_gather: an error on every rank, naming both shapes.
     let t = Tensor::zeros([2 + r as i64, 3], (Kind::Float, Device::Cpu));
-    let e = comm.all_gather(&t).err().ok_or("all_gather accepted unequal shapes")?.to_string();
-    ensure(e.contains("rank 0: Float [2, 3]") && e.contains("rank 1: Float [3, 3]"), || {
-        format!("all_gather's shape message: {e}")
-    })?;
+    let e = comm
+        .all_gather(&t)
+        .err()
+        .ok_or("all_gather accepted unequal shapes")?
+        .to_string();
+    ensure(
+        e.contains("rank 0: Float [2, 3]") && e.contains("rank 1: Float [3, 3]"),
+        || format!("all_gather's shape message: {e}"),
+    )?;
     // The communicator still works after a detected mismatch.
     comm.barrier().map_err(|e| e.to_string())
 }
@@ -193,7 +216,10 @@ fn die(comm: &dyn Comm, how: &str) -> ! {
             comm.abort(1);
         }
     }
-    eprintln!("comm_selfcheck: rank {} finished the loop; the job should have died", comm.rank());
+    eprintln!(
+        "comm_selfcheck: rank {} finished the loop; the job should have died",
+        comm.rank()
+    );
     std::process::exit(0)
 }
 
@@ -223,7 +249,11 @@ fn main() {
             comm.local_world()
         ),
         Err(e) => {
-            eprintln!("comm_selfcheck: rank {} of {}: FAILED {e}", comm.rank(), comm.world());
+            eprintln!(
+                "comm_selfcheck: rank {} of {}: FAILED {e}",
+                comm.rank(),
+                comm.world()
+            );
             comm.abort(1);
         }
     }

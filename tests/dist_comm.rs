@@ -10,11 +10,14 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use dml::config::Backend;
-use dml::dist::{self, Comm};
+use dml::dist;
 use tch::{Device, Kind, Tensor};
 
 fn selfcheck() -> PathBuf {
-    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/examples/comm_selfcheck"));
+    let p = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/release/examples/comm_selfcheck"
+    ));
     assert!(
         p.exists(),
         "{} is missing: build it with `cargo build --release --examples` (tools/test.sh does)",
@@ -70,7 +73,9 @@ fn collectives_and_bucketed_grads_under_mpirun_np2() {
     assert!(out.status.success(), "comm_selfcheck failed\n{all}");
     for r in 0..2 {
         assert!(
-            all.contains(&format!("rank {r} of 2 (mpi, node-local {r} of 2): all checks passed")),
+            all.contains(&format!(
+                "rank {r} of 2 (mpi, node-local {r} of 2): all checks passed"
+            )),
             "rank {r} did not pass\n{all}"
         );
     }
@@ -81,10 +86,19 @@ fn collectives_and_bucketed_grads_under_mpirun_np2() {
 fn dead_rank(mode: &str, names_rank: &str) {
     let (out, took) = mpirun_selfcheck(mode, Duration::from_secs(60));
     let all = text(&out);
-    assert!(!out.status.success(), "mpirun exited 0 after rank 1 died ({mode})\n{all}");
+    assert!(
+        !out.status.success(),
+        "mpirun exited 0 after rank 1 died ({mode})\n{all}"
+    );
     assert!(took < Duration::from_secs(60), "took {took:?}");
-    assert!(!all.contains("finished the loop"), "a survivor went on\n{all}");
-    assert!(all.contains(names_rank), "the failure does not name {names_rank:?}\n{all}");
+    assert!(
+        !all.contains("finished the loop"),
+        "a survivor went on\n{all}"
+    );
+    assert!(
+        all.contains(names_rank),
+        "the failure does not name {names_rank:?}\n{all}"
+    );
 }
 
 #[test]
@@ -99,7 +113,8 @@ fn rank_that_aborts_ends_the_job() {
 
 #[test]
 fn rank_that_exits_without_finalize_ends_the_job() {
-    dead_rank("exit", "rank 1 with PID");
+    // Open MPI names it as "Process name: [[JOB,1],1]" with its exit code.
+    dead_rank("exit", "],1]\n  Exit code:    3");
 }
 
 #[test]
@@ -110,7 +125,15 @@ fn rank_with_an_error_aborts_the_job() {
 #[test]
 fn local_backend_is_the_identity() {
     let comm = dist::init(Backend::Local).unwrap();
-    assert_eq!((comm.rank(), comm.world(), comm.local_rank(), comm.local_world()), (0, 1, 0, 1));
+    assert_eq!(
+        (
+            comm.rank(),
+            comm.world(),
+            comm.local_rank(),
+            comm.local_world()
+        ),
+        (0, 1, 0, 1)
+    );
     assert_eq!(comm.name(), "local");
     let t = Tensor::from_slice(&[1.5f32, -2.0, 3.25]).view([3, 1]);
     let g = comm.all_gather(&t).unwrap();
@@ -138,7 +161,10 @@ fn explicit_backends_without_support_are_clear_errors() {
     assert!(e.contains("nccl") && e.contains("not built"), "{e}");
     if dist::launcher::detect().is_none() {
         let e = dist::init(Backend::Mpi).err().unwrap().to_string();
-        assert!(e.contains("not started by an MPI launcher") && e.contains("mpirun"), "{e}");
+        assert!(
+            e.contains("not started by an MPI launcher") && e.contains("mpirun"),
+            "{e}"
+        );
         // Auto outside a launcher is the local backend.
         assert_eq!(dist::init(Backend::Auto).unwrap().name(), "local");
     }

@@ -71,10 +71,10 @@ fn reduce(comm: &dyn Comm, params: &[Tensor], bucket_bytes: usize, average: bool
     }
     let scale = 1.0 / comm.world() as f64;
     tch::no_grad(|| -> Result<()> {
-        for ((kind, _), flats) in &groups {
+        for ((kind, _), flats) in groups.iter_mut() {
             let per_bucket = (bucket_bytes / kind.elt_size_in_bytes()).max(1);
             for bucket in plan(flats.iter().map(|f| f.flat.numel()), per_bucket) {
-                let pieces: Vec<Tensor> = bucket
+                let mut pieces: Vec<Tensor> = bucket
                     .iter()
                     .map(|&(i, start, len)| flats[i].flat.narrow(0, start as i64, len as i64))
                     .collect();
@@ -84,13 +84,13 @@ fn reduce(comm: &dyn Comm, params: &[Tensor], bucket_bytes: usize, average: bool
                     let _ = packed.f_mul_scalar_(scale)?;
                 }
                 let mut off = 0i64;
-                for (piece, &(_, _, len)) in pieces.iter().zip(&bucket) {
+                for (piece, &(_, _, len)) in pieces.iter_mut().zip(&bucket) {
                     piece.f_copy_(&packed.narrow(0, off, len as i64))?;
                     off += len as i64;
                 }
             }
-            for f in flats {
-                if let Some(g) = &f.copy_back {
+            for f in flats.iter_mut() {
+                if let Some(g) = &mut f.copy_back {
                     g.f_copy_(&f.flat.f_view(&g.size()[..])?)?;
                 }
             }
@@ -141,15 +141,19 @@ fn check_same_grads(comm: &dyn Comm, grads: &[Option<Tensor>]) -> Result<()> {
             None => vec![0u8],
         })
         .collect();
-    super::check_same_everywhere(comm, "the set of parameters with a gradient (count, sizes, kinds)", &mine)
-        .map_err(|e| match e {
-            Error::Dist(m) => Error::Dist(format!(
-                "{m} ({} parameters here, {} with a gradient)",
-                grads.len(),
-                grads.iter().flatten().count()
-            )),
-            e => e,
-        })
+    super::check_same_everywhere(
+        comm,
+        "the set of parameters with a gradient (count, sizes, kinds)",
+        &mine,
+    )
+    .map_err(|e| match e {
+        Error::Dist(m) => Error::Dist(format!(
+            "{m} ({} parameters here, {} with a gradient)",
+            grads.len(),
+            grads.iter().flatten().count()
+        )),
+        e => e,
+    })
 }
 
 #[cfg(test)]
@@ -162,14 +166,13 @@ mod tests {
         let p = plan([3, 5, 0, 2].into_iter(), 4);
         assert_eq!(
             p,
-            vec![
-                vec![(0, 0, 3), (1, 0, 1)],
-                vec![(1, 1, 4)],
-                vec![(3, 0, 2)]
-            ]
+            vec![vec![(0, 0, 3), (1, 0, 1)], vec![(1, 1, 4)], vec![(3, 0, 2)]]
         );
         // One bucket holds everything when it is big enough.
-        assert_eq!(plan([3, 5].into_iter(), 100), vec![vec![(0, 0, 3), (1, 0, 5)]]);
+        assert_eq!(
+            plan([3, 5].into_iter(), 100),
+            vec![vec![(0, 0, 3), (1, 0, 5)]]
+        );
         assert!(plan(std::iter::empty(), 4).is_empty());
     }
 
@@ -180,6 +183,9 @@ mod tests {
         all_reduce_grads(&super::super::local::Local, &[p.shallow_clone()], 4).unwrap();
         average_grads(&super::super::local::Local, &[p.shallow_clone()], 4).unwrap();
         // d(sum p^2)/dp = 2p.
-        assert_eq!(Vec::<f32>::try_from(&p.grad()).unwrap(), vec![2.0, 4.0, 6.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(&p.grad()).unwrap(),
+            vec![2.0, 4.0, 6.0]
+        );
     }
 }

@@ -201,32 +201,59 @@ mod tests {
         let c = Tensor::zeros([3, 4], (Kind::Double, Device::Cpu));
         let ha = encode(Op::AllGather, Some(&a), 0);
         check(Op::AllGather, &cat(&[ha, ha, ha]), true).unwrap();
-        let e = check(Op::AllGather, &cat(&[ha, encode(Op::AllGather, Some(&b), 0)]), true)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("rank 0: Float [3, 4]") && e.contains("rank 1: Float [2, 4]"), "{e}");
-        let e = check(Op::AllGather, &cat(&[ha, encode(Op::AllGather, Some(&c), 0)]), true)
-            .unwrap_err()
-            .to_string();
+        let e = check(
+            Op::AllGather,
+            &cat(&[ha, encode(Op::AllGather, Some(&b), 0)]),
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rank 0: Float [3, 4]") && e.contains("rank 1: Float [2, 4]"),
+            "{e}"
+        );
+        let e = check(
+            Op::AllGather,
+            &cat(&[ha, encode(Op::AllGather, Some(&c), 0)]),
+            true,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("rank 1: Double [3, 4]"), "{e}");
-        let e = check(Op::AllGather, &cat(&[ha, encode(Op::Barrier, None, 0)]), true)
-            .unwrap_err()
-            .to_string();
+        let e = check(
+            Op::AllGather,
+            &cat(&[ha, encode(Op::Barrier, None, 0)]),
+            true,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("rank 0 in all_gather, rank 1 in barrier"), "{e}");
     }
 
     #[test]
     fn unsupported_kind_and_root_are_errors() {
-        let h = encode(Op::AllReduceSum, Some(&Tensor::zeros([2], (Kind::Half, Device::Cpu))), 0);
-        let e = check(Op::AllReduceSum, &cat(&[h, h]), true).unwrap_err().to_string();
+        let h = encode(
+            Op::AllReduceSum,
+            Some(&Tensor::zeros([2], (Kind::Half, Device::Cpu))),
+            0,
+        );
+        let e = check(Op::AllReduceSum, &cat(&[h, h]), true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("rank 0 passed a tensor of kind Half"), "{e}");
         let t = Tensor::zeros([2], (Kind::Int64, Device::Cpu));
         let h = encode(Op::Broadcast, Some(&t), 2);
-        let e = check(Op::Broadcast, &cat(&[h, h]), true).unwrap_err().to_string();
-        assert!(e.contains("broadcast from rank 2 in a world of 2"), "{e}");
-        let e = check(Op::Broadcast, &cat(&[h, encode(Op::Broadcast, Some(&t), 0)]), true)
+        let e = check(Op::Broadcast, &cat(&[h, h]), true)
             .unwrap_err()
             .to_string();
+        assert!(e.contains("broadcast from rank 2 in a world of 2"), "{e}");
+        let e = check(
+            Op::Broadcast,
+            &cat(&[h, encode(Op::Broadcast, Some(&t), 0)]),
+            true,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("root 2") && e.contains("root 0"), "{e}");
     }
 
@@ -238,6 +265,11 @@ mod tests {
         let t2 = Tensor::zeros(s2, (Kind::Uint8, Device::Cpu));
         let h1 = encode(Op::AllGather, Some(&t1), 0);
         check(Op::AllGather, &cat(&[h1, h1]), true).unwrap();
-        assert!(check(Op::AllGather, &cat(&[h1, encode(Op::AllGather, Some(&t2), 0)]), true).is_err());
+        assert!(check(
+            Op::AllGather,
+            &cat(&[h1, encode(Op::AllGather, Some(&t2), 0)]),
+            true
+        )
+        .is_err());
     }
 }

@@ -24,9 +24,11 @@ impl Comm for Local {
     fn name(&self) -> &'static str {
         "local"
     }
-    /// A copy of `local` (a new tensor, like the gathered tensor of the other backends).
+    /// A copy of `local` (a new tensor, like the gathered tensor of the other backends);
+    /// a scalar becomes a vector of one, as with more ranks.
     fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
-        Ok(local.f_detach_copy()?)
+        let t = local.f_detach_copy()?;
+        Ok(if t.dim() == 0 { t.f_reshape([1])? } else { t })
     }
     fn all_reduce_sum(&self, _t: &mut Tensor) -> Result<()> {
         Ok(())

@@ -115,7 +115,8 @@ pub fn check_same_everywhere(comm: &dyn Comm, what: &str, bytes: &[u8]) -> Resul
     let mine = Tensor::from_slice(&[fnv1a64(bytes) as i64, bytes.len() as i64]);
     let all = comm.all_gather(&mine)?;
     let mut v = vec![0i64; all.numel()];
-    all.f_copy_data(&mut v, v.len())?;
+    let n = v.len();
+    all.f_copy_data(&mut v, n)?;
     let differ: Vec<usize> = (1..comm.world())
         .filter(|&r| v[2 * r..2 * r + 2] != v[0..2])
         .collect();
@@ -124,7 +125,13 @@ pub fn check_same_everywhere(comm: &dyn Comm, what: &str, bytes: &[u8]) -> Resul
     }
     let detail: Vec<String> = differ
         .iter()
-        .map(|&r| format!("rank {r}: {} bytes, hash {:016x}", v[2 * r + 1], v[2 * r] as u64))
+        .map(|&r| {
+            format!(
+                "rank {r}: {} bytes, hash {:016x}",
+                v[2 * r + 1],
+                v[2 * r] as u64
+            )
+        })
         .collect();
     Err(Error::Dist(format!(
         "{what} differs between ranks: rank(s) {differ:?} differ from rank 0 ({} bytes, hash {:016x}; {}). \

@@ -69,7 +69,10 @@ impl Mpi {
         header::check(op, &all, true)
     }
 
-    fn gather_typed<T: Element + Equivalence + Default + Clone>(&self, t: &Tensor) -> Result<Tensor> {
+    fn gather_typed<T: Element + Equivalence + Default + Clone>(
+        &self,
+        t: &Tensor,
+    ) -> Result<Tensor> {
         let n = t.numel();
         let mine = host_vec::<T>(t)?;
         let mut all = vec![T::default(); n * self.size];
@@ -97,7 +100,10 @@ impl Mpi {
         Ok(Tensor::f_from_slice(&all)?.f_view(&size[..])?)
     }
 
-    fn reduce_typed<T: Element + Equivalence + Default + Clone>(&self, t: &mut Tensor) -> Result<()> {
+    fn reduce_typed<T: Element + Equivalence + Default + Clone>(
+        &self,
+        t: &mut Tensor,
+    ) -> Result<()> {
         let mine = host_vec::<T>(t)?;
         let mut out = vec![T::default(); mine.len()];
         for start in (0..mine.len()).step_by(CHUNK) {
@@ -128,7 +134,8 @@ impl Mpi {
 /// `t`'s elements, row-major, in a new vector.
 fn host_vec<T: Element + Default + Clone>(t: &Tensor) -> Result<Vec<T>> {
     let mut v = vec![T::default(); t.numel()];
-    t.f_copy_data(&mut v, v.len())?;
+    let n = v.len();
+    t.f_copy_data(&mut v, n)?;
     Ok(v)
 }
 
@@ -172,7 +179,9 @@ impl Comm for Mpi {
             Kind::Double => self.reduce_typed::<f64>(t),
             Kind::Int64 => self.reduce_typed::<i64>(t),
             Kind::Uint8 => self.reduce_typed::<u8>(t),
-            k => Err(Error::Dist(format!("all_reduce_sum: unsupported kind {k:?}"))),
+            k => Err(Error::Dist(format!(
+                "all_reduce_sum: unsupported kind {k:?}"
+            ))),
         }
     }
     fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
