@@ -1,0 +1,204 @@
+//! The MPI communicator (Open MPI, MPICH… through the `mpi` crate): CPU tensors.
+use mpi::datatype::Equivalence;
+use mpi::environment::Universe;
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::{CommunicatorCollectives, Root};
+use mpi::Threading;
+use tch::kind::Element;
+use tch::{Kind, Tensor};
+
+use super::header::{self, Op};
+use super::Comm;
+use crate::error::{Error, Result};
+
+/// Largest number of elements handed to one MPI call (MPI counts are C ints).
+const CHUNK: usize = 1 << 28;
+
+/// MPI's world communicator, and this node's shared-memory sub-communicator.
+///
+/// MPI is initialised by [`Mpi::init`] and finalised when this value is dropped.
+pub struct Mpi {
+    world: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+    local_rank: usize,
+    local_world: usize,
+    // Dropped last: finalises MPI after the communicators above are freed.
+    _universe: Universe,
+}
+
+impl Mpi {
+    /// Initialises MPI (once per process) and splits the world by node.
+    ///
+    /// ```no_run
+    /// use dml::dist::Comm;
+    /// let comm = dml::dist::mpi::Mpi::init()?;
+    /// println!("rank {} of {}, GPU {}", comm.rank(), comm.world(), comm.local_rank());
+    /// # Ok::<(), dml::Error>(())
+    /// ```
+    pub fn init() -> Result<Self> {
+        let (universe, _threading) = mpi::initialize_with_threading(Threading::Funneled)
+            .ok_or_else(|| {
+                Error::Dist(
+                    "MPI was already initialised in this process: dist::init must be called \
+                     once, and its communicator kept for the whole run"
+                        .into(),
+                )
+            })?;
+        let world = universe.world();
+        let rank = world.rank() as usize;
+        let size = world.size() as usize;
+        let node = world.split_shared(world.rank());
+        let (local_rank, local_world) = (node.rank() as usize, node.size() as usize);
+        Ok(Mpi {
+            world,
+            rank,
+            size,
+            local_rank,
+            local_world,
+            _universe: universe,
+        })
+    }
+
+    /// Exchanges headers and checks that every rank is in the same collective with a
+    /// compatible tensor: the error (if any) is the same on every rank.
+    fn agree(&self, op: Op, t: Option<&Tensor>, arg: i64) -> Result<()> {
+        let mine = header::encode(op, t, arg);
+        let mut all = vec![0i64; header::LEN * self.size];
+        self.world.all_gather_into(&mine[..], &mut all[..]);
+        header::check(op, &all, true)
+    }
+
+    fn gather_typed<T: Element + Equivalence + Default + Clone>(
+        &self,
+        t: &Tensor,
+    ) -> Result<Tensor> {
+        let n = t.numel();
+        let mine = host_vec::<T>(t)?;
+        let mut all = vec![T::default(); n * self.size];
+        if n <= CHUNK {
+            self.world.all_gather_into(&mine[..], &mut all[..]);
+        } else {
+            // Rank-major output: gather chunk by chunk into a scratch, then place.
+            let mut scratch = vec![T::default(); CHUNK * self.size];
+            for start in (0..n).step_by(CHUNK) {
+                let len = CHUNK.min(n - start);
+                let recv = &mut scratch[..len * self.size];
+                self.world.all_gather_into(&mine[start..start + len], recv);
+                for r in 0..self.size {
+                    all[r * n + start..r * n + start + len]
+                        .clone_from_slice(&recv[r * len..(r + 1) * len]);
+                }
+            }
+        }
+        let mut size = t.size();
+        if size.is_empty() {
+            size = vec![self.size as i64];
+        } else {
+            size[0] *= self.size as i64;
+        }
+        Ok(Tensor::f_from_slice(&all)?.f_view(&size[..])?)
+    }
+
+    fn reduce_typed<T: Element + Equivalence + Default + Clone>(
+        &self,
+        t: &mut Tensor,
+    ) -> Result<()> {
+        let mine = host_vec::<T>(t)?;
+        let mut out = vec![T::default(); mine.len()];
+        for start in (0..mine.len()).step_by(CHUNK) {
+            let end = (start + CHUNK).min(mine.len());
+            self.world.all_reduce_into(
+                &mine[start..end],
+                &mut out[start..end],
+                mpi::collective::SystemOperation::sum(),
+            );
+        }
+        write_back(t, &out)
+    }
+
+    fn broadcast_typed<T: Element + Equivalence + Default + Clone>(
+        &self,
+        t: &mut Tensor,
+        root: usize,
+    ) -> Result<()> {
+        let mut buf = host_vec::<T>(t)?;
+        let root = self.world.process_at_rank(root as i32);
+        for chunk in buf.chunks_mut(CHUNK) {
+            root.broadcast_into(chunk);
+        }
+        write_back(t, &buf)
+    }
+}
+
+/// `t`'s elements, row-major, in a new vector.
+fn host_vec<T: Element + Default + Clone>(t: &Tensor) -> Result<Vec<T>> {
+    let mut v = vec![T::default(); t.numel()];
+    let n = v.len();
+    t.f_copy_data(&mut v, n)?;
+    Ok(v)
+}
+
+/// Overwrites `t` in place with `data` (same number of elements), outside autograd.
+fn write_back<T: Element>(t: &mut Tensor, data: &[T]) -> Result<()> {
+    let src = Tensor::f_from_slice(data)?.f_view(&t.size()[..])?;
+    tch::no_grad(|| t.f_copy_(&src))?;
+    Ok(())
+}
+
+impl Comm for Mpi {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.size
+    }
+    fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+    fn local_world(&self) -> usize {
+        self.local_world
+    }
+    fn name(&self) -> &'static str {
+        "mpi"
+    }
+    fn all_gather(&self, local: &Tensor) -> Result<Tensor> {
+        self.agree(Op::AllGather, Some(local), 0)?;
+        match local.kind() {
+            Kind::Float => self.gather_typed::<f32>(local),
+            Kind::Double => self.gather_typed::<f64>(local),
+            Kind::Int64 => self.gather_typed::<i64>(local),
+            Kind::Uint8 => self.gather_typed::<u8>(local),
+            k => Err(Error::Dist(format!("all_gather: unsupported kind {k:?}"))),
+        }
+    }
+    fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
+        self.agree(Op::AllReduceSum, Some(t), 0)?;
+        match t.kind() {
+            Kind::Float => self.reduce_typed::<f32>(t),
+            Kind::Double => self.reduce_typed::<f64>(t),
+            Kind::Int64 => self.reduce_typed::<i64>(t),
+            Kind::Uint8 => self.reduce_typed::<u8>(t),
+            k => Err(Error::Dist(format!(
+                "all_reduce_sum: unsupported kind {k:?}"
+            ))),
+        }
+    }
+    fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
+        self.agree(Op::Broadcast, Some(t), root as i64)?;
+        match t.kind() {
+            Kind::Float => self.broadcast_typed::<f32>(t, root),
+            Kind::Double => self.broadcast_typed::<f64>(t, root),
+            Kind::Int64 => self.broadcast_typed::<i64>(t, root),
+            Kind::Uint8 => self.broadcast_typed::<u8>(t, root),
+            k => Err(Error::Dist(format!("broadcast: unsupported kind {k:?}"))),
+        }
+    }
+    fn barrier(&self) -> Result<()> {
+        // The header exchange is itself a barrier (an all-gather), and checks the order.
+        self.agree(Op::Barrier, None, 0)
+    }
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+}
