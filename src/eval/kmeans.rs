@@ -132,7 +132,7 @@ fn assign_rows(x: &Tensor, x_sq: &Tensor, centres: &Tensor) -> Result<(Tensor, f
     let n = x.size()[0] as usize;
     let k = centres.size()[0] as usize;
     let c_sq = centres.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?;
-    let ct = centres.f_t()?.f_contiguous()?;
+    let ct = centres.f_transpose(0, 1)?.f_contiguous()?;
     let rows = super::knn::block_rows(4096, k);
     let mut assigns = Vec::new();
     let mut inertia = 0.0;

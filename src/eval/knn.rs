@@ -41,7 +41,7 @@ pub struct KnnOptions {
 
 /// Rows of unit L2 norm (zero rows stay zero), as `F.normalize(x, dim=1)`.
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x.f_norm_scalaropt_dim(2, [1i64].as_slice(), true, Kind::Float)?;
+    let norm = x.f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?;
     Ok(x.f_div(&norm.f_clamp_min(1e-12)?)?)
 }
 
@@ -89,7 +89,7 @@ pub fn knn(query: &Tensor, reference: &Tensor, k: usize, same_source: bool, opts
     };
     let r = prep(reference)?;
     let q = if same_source { r.shallow_clone() } else { prep(query)? };
-    let rt = r.f_t()?.f_contiguous()?;
+    let rt = r.f_transpose(0, 1)?.f_contiguous()?;
     // Euclidean: rank by 2 q·r − |r|², i.e. −|q − r|² + |q|².
     let r_sq = if opts.euclidean {
         Some(r.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?)
