@@ -122,17 +122,24 @@ fn neighbours_equal_faiss_index_flat() {
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
             .collect();
         assert_eq!(nn.k, k);
+        // faiss's IndexFlatIP lists equal scores larger index first (IndexFlatL2 smaller
+        // first; dml always smaller first), so indices are compared where the score is
+        // unique in its row and not tied with the boundary; scores everywhere.
         let mut differ = 0;
-        for (j, (a, b)) in nn.indices.iter().zip(&fi).enumerate() {
-            if a != b {
-                // Only a near-tie may reorder (different rounding in the products).
-                assert!((nn.scores[j] - fd[j]).abs() < 1e-5, "{name}[{j}]: {a} vs faiss {b}");
-                differ += 1;
+        for (row, (ours, theirs)) in nn.indices.chunks(k).zip(fi.chunks(k)).enumerate() {
+            let sc = &fd[row * k..(row + 1) * k];
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * a.abs().max(1.0);
+            for j in 0..k {
+                let s_ours = nn.scores[row * k + j];
+                assert!(close(s_ours, sc[j]), "{name}[{row},{j}] score {s_ours} vs faiss {}", sc[j]);
+                let tied = sc.iter().enumerate().any(|(i, &v)| i != j && close(v, sc[j])) || close(sc[j], sc[k - 1]);
+                if !tied && ours[j] != theirs[j] {
+                    differ += 1;
+                }
             }
-            assert!((nn.scores[j] - fd[j]).abs() < 1e-4 * fd[j].abs().max(1.0), "{name}[{j}] score");
         }
         if name.starts_with("ties") {
-            assert_eq!(differ, 0, "{name}: exact ties must follow faiss's smaller-index order");
+            assert_eq!(differ, 0, "{name}: untied neighbours differ");
         }
         assert!(differ * 1000 <= fi.len(), "{name}: {differ} of {} differ", fi.len());
     }

@@ -42,14 +42,28 @@ def faiss_knn(q, r, k, same_source, euclidean):
     return D, I
 
 
+def canonical_knn(q, r, k, same_source, euclidean):
+    """Full faiss ranking re-sorted by (score, smaller index first): dml's tie order.
+    (faiss's IndexFlatIP lists equal scores larger index first, IndexFlatL2 smaller first.)"""
+    D, I = faiss_knn(q, r, len(r), False, euclidean)
+    outd, outi = [], []
+    for i in range(len(q)):
+        keep = I[i] != i if same_source else np.ones(len(r), dtype=bool)
+        d, idx = D[i, keep], I[i, keep]
+        order = np.lexsort((idx, d if euclidean else -d))[:k]
+        outd.append(d[order])
+        outi.append(idx[order])
+    return np.stack(outd), np.stack(outi)
+
+
 class IndexKNN:
-    """PML knn_func: faiss exact search, own row excluded by index."""
+    """PML knn_func: faiss exact search, own row excluded by index, dml's tie order."""
 
     def __init__(self, euclidean):
         self.euclidean = euclidean
 
     def __call__(self, query, k, reference, ref_includes_query):
-        D, I = faiss_knn(query.numpy(), reference.numpy(), k, ref_includes_query, self.euclidean)
+        D, I = canonical_knn(query.numpy(), reference.numpy(), k, ref_includes_query, self.euclidean)
         return torch.from_numpy(D), torch.from_numpy(I).long()
 
 
