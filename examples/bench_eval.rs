@@ -26,14 +26,22 @@ fn main() -> dml::Result<()> {
     let dir = std::path::PathBuf::from(args.get(1).map_or("/tmp/bench_eval", String::as_str));
     let threads: i32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
     let repeats: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
-    let device = if args.iter().any(|a| a == "cuda") { Device::Cuda(0) } else { Device::Cpu };
+    let device = if args.iter().any(|a| a == "cuda") {
+        Device::Cuda(0)
+    } else {
+        Device::Cpu
+    };
     let nmi = args.iter().any(|a| a == "nmi");
     tch::set_num_threads(threads);
     let (data, [n, d]) = read_f32_2d(&dir.join("e.npy"))?;
     let labels = read_labels(&dir.join("l.npy"))?;
     let e = Tensor::from_slice(&data).view([n as i64, d as i64]);
     drop(data);
-    let opts = EvalOptions { device, nmi, ..EvalOptions::default() };
+    let opts = EvalOptions {
+        device,
+        nmi,
+        ..EvalOptions::default()
+    };
     let mut times = Vec::new();
     let mut last = None;
     for _ in 0..repeats {

@@ -26,7 +26,11 @@ fn fixtures() -> &'static Path {
             .arg(dir.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         dir
     })
     .path()
@@ -88,12 +92,19 @@ fn every_metric_equals_pml_accuracy_calculator() {
         let pml = spec["metrics"].as_object().unwrap();
         let mut compared = 0;
         for (key, want) in pml {
-            if key == "NMI" || key == "AMI" || key == "mean_average_precision" || key == "mean_reciprocal_rank" {
+            if key == "NMI"
+                || key == "AMI"
+                || key == "mean_average_precision"
+                || key == "mean_reciprocal_rank"
+            {
                 continue;
             }
             let got = ours.get(key).unwrap_or_else(|| panic!("{name}: no {key}"));
             let want = want.as_f64().unwrap();
-            assert!((got - want).abs() <= 1e-6, "{name} {key}: dml {got} vs PML {want}");
+            assert!(
+                (got - want).abs() <= 1e-6,
+                "{name} {key}: dml {got} vs PML {want}"
+            );
             compared += 1;
         }
         assert_eq!(compared, 14, "{name}: P@1, RP, MAP@R and 11 recall_at_K");
@@ -131,8 +142,16 @@ fn neighbours_equal_faiss_index_flat() {
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 * a.abs().max(1.0);
             for j in 0..k {
                 let s_ours = nn.scores[row * k + j];
-                assert!(close(s_ours, sc[j]), "{name}[{row},{j}] score {s_ours} vs faiss {}", sc[j]);
-                let tied = sc.iter().enumerate().any(|(i, &v)| i != j && close(v, sc[j])) || close(sc[j], sc[k - 1]);
+                assert!(
+                    close(s_ours, sc[j]),
+                    "{name}[{row},{j}] score {s_ours} vs faiss {}",
+                    sc[j]
+                );
+                let tied = sc
+                    .iter()
+                    .enumerate()
+                    .any(|(i, &v)| i != j && close(v, sc[j]))
+                    || close(sc[j], sc[k - 1]);
                 if !tied && ours[j] != theirs[j] {
                     differ += 1;
                 }
@@ -141,7 +160,11 @@ fn neighbours_equal_faiss_index_flat() {
         if name.starts_with("ties") {
             assert_eq!(differ, 0, "{name}: untied neighbours differ");
         }
-        assert!(differ * 1000 <= fi.len(), "{name}: {differ} of {} differ", fi.len());
+        assert!(
+            differ * 1000 <= fi.len(),
+            "{name}: {differ} of {} differ",
+            fi.len()
+        );
     }
 }
 
@@ -162,13 +185,30 @@ fn nmi_ami_equal_sklearn_on_the_same_assignment_and_pml_is_close() {
     let (lp, ap) = (dir.path().join("y.npy"), dir.path().join("a.npy"));
     write_i64(&lp, &c.ql).unwrap();
     write_i64(&ap, &km.assignment).unwrap();
-    let out = Command::new(PYTHON).args([SCRIPT, "sklearn"]).arg(&lp).arg(&ap).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(PYTHON)
+        .args([SCRIPT, "sklearn"])
+        .arg(&lp)
+        .arg(&ap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sk: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let nmi = dml::eval::cluster::nmi(&c.ql, &km.assignment);
     let ami = dml::eval::cluster::ami(&c.ql, &km.assignment);
-    assert!((nmi - sk["NMI"].as_f64().unwrap()).abs() < 1e-9, "NMI {nmi} vs sklearn {}", sk["NMI"]);
-    assert!((ami - sk["AMI"].as_f64().unwrap()).abs() < 1e-9, "AMI {ami} vs sklearn {}", sk["AMI"]);
+    assert!(
+        (nmi - sk["NMI"].as_f64().unwrap()).abs() < 1e-9,
+        "NMI {nmi} vs sklearn {}",
+        sk["NMI"]
+    );
+    assert!(
+        (ami - sk["AMI"].as_f64().unwrap()).abs() < 1e-9,
+        "AMI {ami} vs sklearn {}",
+        sk["AMI"]
+    );
     // evaluate() uses the same clustering (same seed, normalised queries).
     let m = evaluate(&c.q, &c.ql, &c.r, &c.rl, true, &EvalOptions::default()).unwrap();
     assert_eq!(m.get("NMI"), Some(nmi));
@@ -184,11 +224,19 @@ fn io(name: &str) -> PathBuf {
 #[test]
 fn npy_reads_numpy_dtypes_and_round_trips() {
     for f in ["i1", "u1", "i2", "u2_be", "i4", "u4", "i8", "i8_be"] {
-        assert_eq!(read_labels(&io(&format!("lab_{f}.npy"))).unwrap(), vec![3, 0, 5, 1, 2, 4], "{f}");
+        assert_eq!(
+            read_labels(&io(&format!("lab_{f}.npy"))).unwrap(),
+            vec![3, 0, 5, 1, 2, 4],
+            "{f}"
+        );
     }
     let want: Vec<f32> = (0..12).map(|i| i as f32 / 8.0).collect();
     for f in ["f4", "f8", "be", "fortran"] {
-        assert_eq!(read_f32_2d(&io(&format!("emb_{f}.npy"))).unwrap(), (want.clone(), [4, 3]), "{f}");
+        assert_eq!(
+            read_f32_2d(&io(&format!("emb_{f}.npy"))).unwrap(),
+            (want.clone(), [4, 3]),
+            "{f}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.npy");
@@ -201,11 +249,17 @@ fn npy_reads_numpy_dtypes_and_round_trips() {
     // numpy reads what we write.
     write_f32(&p, &data, [3, 2]).unwrap();
     let out = Command::new(PYTHON)
-        .args(["-c", "import numpy,sys; a=numpy.load(sys.argv[1]); print(a.dtype, a.shape, a[1,0])"])
+        .args([
+            "-c",
+            "import numpy,sys; a=numpy.load(sys.argv[1]); print(a.dtype, a.shape, a[1,0])",
+        ])
         .arg(&p)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "float32 (3, 2) 3.25");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "float32 (3, 2) 3.25"
+    );
 }
 
 fn input_err(r: Result<impl std::fmt::Debug, Error>, needles: &[&str]) {
@@ -221,12 +275,30 @@ fn input_err(r: Result<impl std::fmt::Debug, Error>, needles: &[&str]) {
 
 #[test]
 fn bad_files_are_input_errors_naming_the_file() {
-    input_err(read_f32_2d(&io("bad_emb_i4.npy")), &["bad_emb_i4.npy", "<i4"]);
-    input_err(read_labels(&io("bad_lab_f4.npy")), &["bad_lab_f4.npy", "<f4"]);
-    input_err(read_labels(&io("bad_lab_u8.npy")), &["bad_lab_u8.npy", "<u8"]);
-    input_err(read_labels(&io("bad_lab_2d.npy")), &["bad_lab_2d.npy", "[2, 3]"]);
-    input_err(read_f32_2d(&io("bad_emb_1d.npy")), &["bad_emb_1d.npy", "[12]"]);
-    input_err(read_f32_2d(&io("bad_emb_3d.npy")), &["bad_emb_3d.npy", "[2, 2, 3]"]);
+    input_err(
+        read_f32_2d(&io("bad_emb_i4.npy")),
+        &["bad_emb_i4.npy", "<i4"],
+    );
+    input_err(
+        read_labels(&io("bad_lab_f4.npy")),
+        &["bad_lab_f4.npy", "<f4"],
+    );
+    input_err(
+        read_labels(&io("bad_lab_u8.npy")),
+        &["bad_lab_u8.npy", "<u8"],
+    );
+    input_err(
+        read_labels(&io("bad_lab_2d.npy")),
+        &["bad_lab_2d.npy", "[2, 3]"],
+    );
+    input_err(
+        read_f32_2d(&io("bad_emb_1d.npy")),
+        &["bad_emb_1d.npy", "[12]"],
+    );
+    input_err(
+        read_f32_2d(&io("bad_emb_3d.npy")),
+        &["bad_emb_3d.npy", "[2, 2, 3]"],
+    );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("text.npy"), "hello").unwrap();
@@ -234,7 +306,10 @@ fn bad_files_are_input_errors_naming_the_file() {
     let full = std::fs::read(io("emb_f4.npy")).unwrap();
     std::fs::write(d.join("cut.npy"), &full[..full.len() - 4]).unwrap();
     input_err(read_f32_2d(&d.join("cut.npy")), &["cut.npy", "truncated"]);
-    assert!(matches!(read_labels(&d.join("missing.npy")), Err(Error::Io { .. })));
+    assert!(matches!(
+        read_labels(&d.join("missing.npy")),
+        Err(Error::Io { .. })
+    ));
 
     // evaluate_npy: NaN, lengths that disagree, D mismatch, empty.
     let w = |n: &str, v: &[f32], s: [usize; 2]| {
@@ -254,14 +329,26 @@ fn bad_files_are_input_errors_naming_the_file() {
     let nan = w("nan.npy", &[0.0, f32::NAN, 1.0, 0.0], [2, 2]);
     input_err(evaluate_npy(&args(&nan, &l2, None)), &["nan.npy", "row 0"]);
     let good = w("good.npy", &[1.0, 0.0, 0.0, 1.0], [2, 2]);
-    input_err(evaluate_npy(&args(&good, &l3, None)), &["good.npy", "l3.npy", "2 embeddings", "3 labels"]);
+    input_err(
+        evaluate_npy(&args(&good, &l3, None)),
+        &["good.npy", "l3.npy", "2 embeddings", "3 labels"],
+    );
     let d3 = w("d3.npy", &[1.0, 0.0, 0.0, 1.0, 0.0, 0.0], [2, 3]);
-    input_err(evaluate_npy(&args(&good, &l2, Some((&d3, &l2)))), &["d3.npy", "dimension 3"]);
+    input_err(
+        evaluate_npy(&args(&good, &l2, Some((&d3, &l2)))),
+        &["d3.npy", "dimension 3"],
+    );
     let empty = w("empty.npy", &[], [0, 4]);
     let l0 = d.join("l0.npy");
     write_i64(&l0, &[]).unwrap();
     input_err(evaluate_npy(&args(&empty, &l0, None)), &["empty.npy"]);
-    input_err(evaluate_npy(&NpyEvalArgs { query_labels: None, ..args(&good, &l2, Some((&good, &l2))) }), &["--query-labels"]);
+    input_err(
+        evaluate_npy(&NpyEvalArgs {
+            query_labels: None,
+            ..args(&good, &l2, Some((&good, &l2)))
+        }),
+        &["--query-labels"],
+    );
 }
 
 #[test]
@@ -276,9 +363,15 @@ fn evaluate_npy_matches_evaluate_and_writes_json() {
         query_labels: Some(f("ql")),
     })
     .unwrap();
-    let want = spec["metrics"]["mean_average_precision_at_r"].as_f64().unwrap();
+    let want = spec["metrics"]["mean_average_precision_at_r"]
+        .as_f64()
+        .unwrap();
     assert!((m.get("mean_average_precision_at_r").unwrap() - want).abs() <= 1e-6);
     let json: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
-    assert_eq!(json.as_object().unwrap().len(), 16, "14 kNN metrics + NMI + AMI");
+    assert_eq!(
+        json.as_object().unwrap().len(),
+        16,
+        "14 kNN metrics + NMI + AMI"
+    );
     assert!(m.table().starts_with("precision_at_1"));
 }

@@ -53,10 +53,14 @@ pub struct Clustering {
 pub fn kmeans(x: &Tensor, k: usize, opts: &KMeansOptions) -> Result<Clustering> {
     let n = x.size()[0] as usize;
     if k == 0 || k > n {
-        return Err(Error::Input(format!("k-means: k = {k} clusters for {n} points")));
+        return Err(Error::Input(format!(
+            "k-means: k = {k} clusters for {n} points"
+        )));
     }
     let x = x.f_to_kind(Kind::Float)?;
-    let x_sq = x.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?;
+    let x_sq = x
+        .f_square()?
+        .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?;
     let mut best: Option<Clustering> = None;
     for r in 0..opts.restarts.max(1) {
         let mut rng = SplitMix64::keyed(&[opts.seed, r as u64]);
@@ -74,7 +78,10 @@ pub fn kmeans(x: &Tensor, k: usize, opts: &KMeansOptions) -> Result<Clustering> 
         }
         if best.as_ref().is_none_or(|b| inertia < b.inertia) {
             let assignment = Vec::<i64>::try_from(assign.f_to_device(Device::Cpu)?)?;
-            best = Some(Clustering { assignment, inertia });
+            best = Some(Clustering {
+                assignment,
+                inertia,
+            });
         }
     }
     best.ok_or_else(|| Error::Input("k-means: no restart".into()))
@@ -84,7 +91,10 @@ pub fn kmeans(x: &Tensor, k: usize, opts: &KMeansOptions) -> Result<Clustering> 
 fn dist_to(x: &Tensor, x_sq: &Tensor, c: &Tensor) -> Result<Tensor> {
     let c_sq = c.f_square()?.f_sum(Kind::Float)?;
     let dots = x.f_mv(&c.f_view(-1)?)?;
-    Ok(x_sq.f_sub(&dots.f_mul_scalar(2.0)?)?.f_add(&c_sq)?.f_clamp_min(0.0)?)
+    Ok(x_sq
+        .f_sub(&dots.f_mul_scalar(2.0)?)?
+        .f_add(&c_sq)?
+        .f_clamp_min(0.0)?)
 }
 
 /// k-means++ (Arthur & Vassilvitskii 2007): each new centre drawn with probability
@@ -112,7 +122,8 @@ fn plus_plus(x: &Tensor, x_sq: &Tensor, k: usize, rng: &mut SplitMix64) -> Resul
                 }
             }
             // Rounding can leave the target past the last positive weight.
-            pick.or_else(|| w.iter().rposition(|&v| v > 0.0)).unwrap_or(0)
+            pick.or_else(|| w.iter().rposition(|&v| v > 0.0))
+                .unwrap_or(0)
         } else {
             // Fewer distinct points than clusters: any row not chosen yet.
             let free: Vec<usize> = (0..n).filter(|&i| !taken[i]).collect();
@@ -131,7 +142,9 @@ fn plus_plus(x: &Tensor, x_sq: &Tensor, k: usize, rng: &mut SplitMix64) -> Resul
 fn assign_rows(x: &Tensor, x_sq: &Tensor, centres: &Tensor) -> Result<(Tensor, f64)> {
     let n = x.size()[0] as usize;
     let k = centres.size()[0] as usize;
-    let c_sq = centres.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?;
+    let c_sq = centres
+        .f_square()?
+        .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?;
     let ct = centres.f_transpose(0, 1)?.f_contiguous()?;
     let rows = super::knn::block_rows(4096, k);
     let mut assigns = Vec::new();
@@ -140,10 +153,16 @@ fn assign_rows(x: &Tensor, x_sq: &Tensor, centres: &Tensor) -> Result<(Tensor, f
     while start < n {
         let len = rows.min(n - start);
         let xb = x.f_narrow(0, start as i64, len as i64)?;
-        let d = c_sq.f_unsqueeze(0)?.f_sub(&xb.f_mm(&ct)?.f_mul_scalar(2.0)?)?;
+        let d = c_sq
+            .f_unsqueeze(0)?
+            .f_sub(&xb.f_mm(&ct)?.f_mul_scalar(2.0)?)?;
         let (minv, arg) = d.f_min_dim(1, false)?;
         let xs = x_sq.f_narrow(0, start as i64, len as i64)?;
-        inertia += minv.f_add(&xs)?.f_clamp_min(0.0)?.f_sum(Kind::Double)?.double_value(&[]);
+        inertia += minv
+            .f_add(&xs)?
+            .f_clamp_min(0.0)?
+            .f_sum(Kind::Double)?
+            .double_value(&[]);
         assigns.push(arg);
         start += len;
     }

@@ -62,7 +62,13 @@ pub fn block_rows(chunk: usize, n_ref: usize) -> usize {
 /// assert_eq!(nn.indices, vec![2, 2, 0]); // [1,1] ties between rows 0 and 1: smaller index
 /// # Ok::<(), dml::Error>(())
 /// ```
-pub fn knn(query: &Tensor, reference: &Tensor, k: usize, same_source: bool, opts: &KnnOptions) -> Result<Knn> {
+pub fn knn(
+    query: &Tensor,
+    reference: &Tensor,
+    k: usize,
+    same_source: bool,
+    opts: &KnnOptions,
+) -> Result<Knn> {
     let (n, m) = (query.size()[0] as usize, reference.size()[0] as usize);
     if same_source && n != m {
         return Err(Error::Input(format!(
@@ -88,11 +94,18 @@ pub fn knn(query: &Tensor, reference: &Tensor, k: usize, same_source: bool, opts
         }
     };
     let r = prep(reference)?;
-    let q = if same_source { r.shallow_clone() } else { prep(query)? };
+    let q = if same_source {
+        r.shallow_clone()
+    } else {
+        prep(query)?
+    };
     let rt = r.f_transpose(0, 1)?.f_contiguous()?;
     // Euclidean: rank by 2 q·r − |r|², i.e. −|q − r|² + |q|².
     let r_sq = if opts.euclidean {
-        Some(r.f_square()?.f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?)
+        Some(
+            r.f_square()?
+                .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?,
+        )
     } else {
         None
     };
@@ -109,11 +122,15 @@ pub fn knn(query: &Tensor, reference: &Tensor, k: usize, same_source: bool, opts
             sim = sim.f_mul_scalar(2.0)?.f_sub(&r_sq.f_unsqueeze(0)?)?;
         }
         if same_source {
-            let _ = sim.f_diagonal(start as i64, 0, 1)?.f_fill_(f64::NEG_INFINITY)?;
+            let _ = sim
+                .f_diagonal(start as i64, 0, 1)?
+                .f_fill_(f64::NEG_INFINITY)?;
         }
         let (vals, idx) = sim.f_topk(k_top as i64, 1, true, true)?;
-        let vals: Vec<f32> = Vec::<f32>::try_from(vals.f_to_device(Device::Cpu)?.f_contiguous()?.f_view(-1)?)?;
-        let idx: Vec<i64> = Vec::<i64>::try_from(idx.f_to_device(Device::Cpu)?.f_contiguous()?.f_view(-1)?)?;
+        let vals: Vec<f32> =
+            Vec::<f32>::try_from(vals.f_to_device(Device::Cpu)?.f_contiguous()?.f_view(-1)?)?;
+        let idx: Vec<i64> =
+            Vec::<i64>::try_from(idx.f_to_device(Device::Cpu)?.f_contiguous()?.f_view(-1)?)?;
         for i in 0..len {
             let rv = &vals[i * k_top..(i + 1) * k_top];
             let ri = &idx[i * k_top..(i + 1) * k_top];
@@ -122,7 +139,11 @@ pub fn knn(query: &Tensor, reference: &Tensor, k: usize, same_source: bool, opts
                 // k-th and keep the smallest indices among the tied ones.
                 boundary_candidates(&sim, i, rv[k - 1])?
             } else {
-                rv[..k].iter().copied().zip(ri[..k].iter().copied()).collect()
+                rv[..k]
+                    .iter()
+                    .copied()
+                    .zip(ri[..k].iter().copied())
+                    .collect()
             };
             pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             for &(v, j) in &pairs[..k] {

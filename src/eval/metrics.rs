@@ -63,10 +63,14 @@ pub struct Metrics(pub BTreeMap<String, f64>);
 
 /// The order of [`Metrics::table`].
 fn canonical_order() -> Vec<String> {
-    let mut v: Vec<String> = ["precision_at_1", "r_precision", "mean_average_precision_at_r"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> = [
+        "precision_at_1",
+        "r_precision",
+        "mean_average_precision_at_r",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut ks = RECALL_KS.to_vec();
     ks.sort_unstable();
     v.extend(ks.iter().map(|k| format!("recall_at_{k}")));
@@ -86,7 +90,8 @@ impl Metrics {
             .0
             .iter()
             .map(|(k, v)| {
-                let v = serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, serde_json::Value::Number);
+                let v = serde_json::Number::from_f64(*v)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number);
                 (k.clone(), v)
             })
             .collect();
@@ -110,18 +115,24 @@ impl Metrics {
 pub fn check_embeddings(x: &Tensor, labels: usize, what: &str) -> Result<(usize, usize)> {
     let size = x.size();
     if size.len() != 2 {
-        return Err(Error::Input(format!("{what}: expected a 2-d (N, D) matrix, got shape {size:?}")));
+        return Err(Error::Input(format!(
+            "{what}: expected a 2-d (N, D) matrix, got shape {size:?}"
+        )));
     }
     let (n, d) = (size[0] as usize, size[1] as usize);
     if n == 0 || d == 0 {
         return Err(Error::Input(format!("{what}: empty ({n} × {d})")));
     }
     if n != labels {
-        return Err(Error::Input(format!("{what}: {n} embeddings but {labels} labels")));
+        return Err(Error::Input(format!(
+            "{what}: {n} embeddings but {labels} labels"
+        )));
     }
     let finite = x.f_isfinite()?.f_all()?.int64_value(&[]) != 0;
     if !finite {
-        return Err(Error::Input(format!("{what}: contains NaN or infinite values")));
+        return Err(Error::Input(format!(
+            "{what}: contains NaN or infinite values"
+        )));
     }
     Ok((n, d))
 }
@@ -167,7 +178,13 @@ pub fn evaluate(
     let self_count = usize::from(same_source);
     let r_of: Vec<usize> = query_labels
         .iter()
-        .map(|l| counts.get(l).copied().unwrap_or(0).saturating_sub(self_count))
+        .map(|l| {
+            counts
+                .get(l)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(self_count)
+        })
         .collect();
     let r_max = r_of.iter().copied().max().unwrap_or(0);
     let mut k = r_max.max(50);
@@ -204,7 +221,10 @@ pub fn clustering_scores(query: &Tensor, labels: &[i64], opts: &EvalOptions) -> 
         ..KMeansOptions::default()
     };
     let c = kmeans(&x, classes, &kopts)?;
-    Ok((cluster::nmi(labels, &c.assignment), cluster::ami(labels, &c.assignment)))
+    Ok((
+        cluster::nmi(labels, &c.assignment),
+        cluster::ami(labels, &c.assignment),
+    ))
 }
 
 /// The kNN metrics from neighbour indices (`n_query × k`, best first) and each query's R.
@@ -226,7 +246,10 @@ pub fn knn_metrics(
         }
         used += 1;
         let row = &indices[q * k..(q + 1) * k];
-        let hit: Vec<bool> = row.iter().map(|&j| reference_labels[j as usize] == label).collect();
+        let hit: Vec<bool> = row
+            .iter()
+            .map(|&j| reference_labels[j as usize] == label)
+            .collect();
         if hit.first() == Some(&true) {
             p1 += 1.0;
         }

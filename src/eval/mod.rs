@@ -33,7 +33,10 @@ fn load(emb: &Path, lab: &Path) -> Result<(Tensor, Vec<i64>)> {
     let (data, [n, d]) = npy::read_f32_2d(emb)?;
     let labels = npy::read_labels(lab)?;
     if n == 0 || d == 0 {
-        return Err(Error::Input(format!("{}: no embeddings (shape ({n}, {d}))", emb.display())));
+        return Err(Error::Input(format!(
+            "{}: no embeddings (shape ({n}, {d}))",
+            emb.display()
+        )));
     }
     if labels.len() != n {
         return Err(Error::Input(format!(

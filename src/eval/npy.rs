@@ -30,7 +30,10 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> Error {
 fn dict_value<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
     let k1 = format!("'{key}'");
     let k2 = format!("\"{key}\"");
-    let start = dict.find(&k1).map(|i| i + k1.len()).or_else(|| dict.find(&k2).map(|i| i + k2.len()))?;
+    let start = dict
+        .find(&k1)
+        .map(|i| i + k1.len())
+        .or_else(|| dict.find(&k2).map(|i| i + k2.len()))?;
     let rest = dict[start..].trim_start();
     let rest = rest.strip_prefix(':')?.trim_start();
     Some(rest)
@@ -47,7 +50,10 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
             if bytes.len() < 12 {
                 return Err(bad(path, "truncated .npy header"));
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(bad(path, format!("unsupported .npy format version {v}"))),
     };
@@ -55,19 +61,28 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     if bytes.len() < end {
         return Err(bad(path, "truncated .npy header"));
     }
-    let dict = std::str::from_utf8(&bytes[start..end]).map_err(|_| bad(path, "header is not text"))?;
+    let dict =
+        std::str::from_utf8(&bytes[start..end]).map_err(|_| bad(path, "header is not text"))?;
 
     let descr = dict_value(dict, "descr").ok_or_else(|| bad(path, "header has no 'descr'"))?;
     let quote = descr.chars().next().unwrap_or(' ');
     if quote != '\'' && quote != '"' {
-        return Err(bad(path, format!("unsupported dtype {descr:.20} (structured arrays are not supported)")));
+        return Err(bad(
+            path,
+            format!("unsupported dtype {descr:.20} (structured arrays are not supported)"),
+        ));
     }
     let descr = &descr[1..];
-    let descr = &descr[..descr.find(quote).ok_or_else(|| bad(path, "unterminated descr"))?];
+    let descr = &descr[..descr
+        .find(quote)
+        .ok_or_else(|| bad(path, "unterminated descr"))?];
     let mut chars = descr.chars();
     let order = chars.next().unwrap_or('?');
     let kind = chars.next().unwrap_or('?');
-    let size: usize = chars.as_str().parse().map_err(|_| bad(path, format!("unsupported dtype '{descr}'")))?;
+    let size: usize = chars
+        .as_str()
+        .parse()
+        .map_err(|_| bad(path, format!("unsupported dtype '{descr}'")))?;
     let big_endian = match order {
         '>' => true,
         '=' => cfg!(target_endian = "big"),
@@ -88,7 +103,10 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad(path, format!("malformed shape ({inner})"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| bad(path, format!("malformed shape ({inner})")))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Header {
         kind,
@@ -111,7 +129,11 @@ fn read_file(path: &Path) -> Result<(Header, Vec<u8>)> {
     if bytes.len() < need {
         return Err(bad(
             path,
-            format!("truncated: shape {:?} needs {need} bytes, the file has {}", h.shape, bytes.len()),
+            format!(
+                "truncated: shape {:?} needs {need} bytes, the file has {}",
+                h.shape,
+                bytes.len()
+            ),
         ));
     }
     Ok((h, bytes))
@@ -127,7 +149,12 @@ fn chunk<const N: usize>(b: &[u8], big: bool) -> [u8; N] {
 }
 
 fn dtype_name(h: &Header) -> String {
-    format!("{}{}{}", if h.big_endian { '>' } else { '<' }, h.kind, h.size)
+    format!(
+        "{}{}{}",
+        if h.big_endian { '>' } else { '<' },
+        h.kind,
+        h.size
+    )
 }
 
 /// Reads a 2-d float32 (or float64, converted) array in row-major order.
@@ -144,14 +171,20 @@ pub fn read_f32_2d(path: &Path) -> Result<(Vec<f32>, [usize; 2])> {
     if h.shape.len() != 2 {
         return Err(bad(
             path,
-            format!("expected a 2-d array (N, D) of embeddings, found shape {:?}", h.shape),
+            format!(
+                "expected a 2-d array (N, D) of embeddings, found shape {:?}",
+                h.shape
+            ),
         ));
     }
     let (n, d) = (h.shape[0], h.shape[1]);
     let raw = &bytes[h.data_offset..h.data_offset + n * d * h.size];
     let big = h.big_endian;
     let flat: Vec<f32> = match (h.kind, h.size) {
-        ('f', 4) => raw.chunks_exact(4).map(|c| f32::from_le_bytes(chunk::<4>(c, big))).collect(),
+        ('f', 4) => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(chunk::<4>(c, big)))
+            .collect(),
         ('f', 8) => raw
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(chunk::<8>(c, big)) as f32)
@@ -159,7 +192,10 @@ pub fn read_f32_2d(path: &Path) -> Result<(Vec<f32>, [usize; 2])> {
         _ => {
             return Err(bad(
                 path,
-                format!("embeddings must be float32 or float64, found dtype {}", dtype_name(&h)),
+                format!(
+                    "embeddings must be float32 or float64, found dtype {}",
+                    dtype_name(&h)
+                ),
             ))
         }
     };
@@ -197,11 +233,26 @@ pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
     let out = match (h.kind, h.size) {
         ('i', 1) => raw.iter().map(|&b| b as i8 as i64).collect(),
         ('u', 1) => raw.iter().map(|&b| b as i64).collect(),
-        ('i', 2) => raw.chunks_exact(2).map(|c| i16::from_le_bytes(chunk::<2>(c, big)) as i64).collect(),
-        ('u', 2) => raw.chunks_exact(2).map(|c| u16::from_le_bytes(chunk::<2>(c, big)) as i64).collect(),
-        ('i', 4) => raw.chunks_exact(4).map(|c| i32::from_le_bytes(chunk::<4>(c, big)) as i64).collect(),
-        ('u', 4) => raw.chunks_exact(4).map(|c| u32::from_le_bytes(chunk::<4>(c, big)) as i64).collect(),
-        ('i', 8) => raw.chunks_exact(8).map(|c| i64::from_le_bytes(chunk::<8>(c, big))).collect(),
+        ('i', 2) => raw
+            .chunks_exact(2)
+            .map(|c| i16::from_le_bytes(chunk::<2>(c, big)) as i64)
+            .collect(),
+        ('u', 2) => raw
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes(chunk::<2>(c, big)) as i64)
+            .collect(),
+        ('i', 4) => raw
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(chunk::<4>(c, big)) as i64)
+            .collect(),
+        ('u', 4) => raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(chunk::<4>(c, big)) as i64)
+            .collect(),
+        ('i', 8) => raw
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(chunk::<8>(c, big)))
+            .collect(),
         _ => {
             return Err(bad(
                 path,
@@ -246,7 +297,12 @@ pub fn write_f32(path: &Path, data: &[f32], shape: [usize; 2]) -> Result<()> {
         ));
     }
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    write_npy(path, "<f4", &format!("({}, {})", shape[0], shape[1]), &bytes)
+    write_npy(
+        path,
+        "<f4",
+        &format!("({}, {})", shape[0], shape[1]),
+        &bytes,
+    )
 }
 
 /// Writes a 1-d int64 array (`<i8`, format 1.0).
@@ -269,7 +325,10 @@ mod tests {
         let h = b"\x93NUMPY\x01\x00\x46\x00{'descr': '>f8', 'fortran_order': True, 'shape': (3, 2), }          \n";
         let p = Path::new("x.npy");
         let hd = parse_header(p, h).unwrap();
-        assert_eq!((hd.kind, hd.size, hd.big_endian, hd.fortran), ('f', 8, true, true));
+        assert_eq!(
+            (hd.kind, hd.size, hd.big_endian, hd.fortran),
+            ('f', 8, true, true)
+        );
         assert_eq!(hd.shape, vec![3, 2]);
         assert_eq!(hd.data_offset, 10 + 0x46);
     }
