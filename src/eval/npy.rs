@@ -322,7 +322,11 @@ mod tests {
 
     #[test]
     fn header_parses_versions_and_orders() {
-        let h = b"\x93NUMPY\x01\x00\x46\x00{'descr': '>f8', 'fortran_order': True, 'shape': (3, 2), }          \n";
+        let dict = "{'descr': '>f8', 'fortran_order': True, 'shape': (3, 2), }\n";
+        let mut h = b"\x93NUMPY\x01\x00".to_vec();
+        h.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        h.extend_from_slice(dict.as_bytes());
+        let h = h.as_slice();
         let p = Path::new("x.npy");
         let hd = parse_header(p, h).unwrap();
         assert_eq!(
@@ -330,6 +334,6 @@ mod tests {
             ('f', 8, true, true)
         );
         assert_eq!(hd.shape, vec![3, 2]);
-        assert_eq!(hd.data_offset, 10 + 0x46);
+        assert_eq!(hd.data_offset, 10 + dict.len());
     }
 }
