@@ -126,24 +126,26 @@ pub fn knn(
                 .f_diagonal(start as i64, 0, 1)?
                 .f_fill_(f64::NEG_INFINITY)?;
         }
-        let (vals, idx) = sim.f_topk(k_top as i64, 1, true, true)?;
+        let (vals, idx) = sim.f_topk(k_top as i64, 1, true, false)?;
         let vals: Vec<f32> =
             Vec::<f32>::try_from(vals.f_to_device(Device::Cpu)?.f_contiguous()?.f_view(-1)?)?;
         let idx: Vec<i64> =
             Vec::<i64>::try_from(idx.f_to_device(Device::Cpu)?.f_contiguous()?.f_view(-1)?)?;
         for i in 0..len {
-            let rv = &vals[i * k_top..(i + 1) * k_top];
-            let ri = &idx[i * k_top..(i + 1) * k_top];
-            let mut pairs: Vec<(f32, i64)> = if k_top > k && rv[k] == rv[k - 1] {
+            // topk runs unsorted (faster); the k + 1 best are ordered here.
+            let mut top: Vec<(f32, i64)> = vals[i * k_top..(i + 1) * k_top]
+                .iter()
+                .copied()
+                .zip(idx[i * k_top..(i + 1) * k_top].iter().copied())
+                .collect();
+            top.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut pairs: Vec<(f32, i64)> = if k_top > k && top[k].0 == top[k - 1].0 {
                 // A tie at the boundary: take every reference at least as similar as the
                 // k-th and keep the smallest indices among the tied ones.
-                boundary_candidates(&sim, i, rv[k - 1])?
+                boundary_candidates(&sim, i, top[k - 1].0)?
             } else {
-                rv[..k]
-                    .iter()
-                    .copied()
-                    .zip(ri[..k].iter().copied())
-                    .collect()
+                top.truncate(k);
+                top
             };
             pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             for &(v, j) in &pairs[..k] {
