@@ -40,13 +40,20 @@ fn peak_rss_mb() -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let name = args.get(1).map(String::as_str).unwrap_or("triplet_batch_hard");
+    let name = args
+        .get(1)
+        .map(String::as_str)
+        .unwrap_or("triplet_batch_hard");
     let b: i64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(512);
     let d: i64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(512);
     let threads: i32 = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(2);
     tch::set_num_threads(threads);
     tch::manual_seed(0);
-    let labels = Tensor::arange(b / 4, (Kind::Int64, tch::Device::Cpu)).repeat_interleave_self_int(4, 0, None::<i64>);
+    let labels = Tensor::arange(b / 4, (Kind::Int64, tch::Device::Cpu)).repeat_interleave_self_int(
+        4,
+        0,
+        None::<i64>,
+    );
     let emb0 = Tensor::randn([b, d], (Kind::Float, tch::Device::Cpu));
     let loss = make(name);
     let mut times = Vec::new();

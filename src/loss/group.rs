@@ -102,10 +102,7 @@ impl GroupLoss {
         }
         let labels = labels.to_device(f.device());
         if b > 0 {
-            let (lo, hi) = (
-                labels.min().int64_value(&[]),
-                labels.max().int64_value(&[]),
-            );
+            let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
             if lo < 0 || hi >= c {
                 return Err(Error::Input(format!(
                     "group loss: labels range over [{lo}, {hi}] but the classifier has {c} classes"
@@ -123,7 +120,7 @@ impl GroupLoss {
             x = &x / x.sum_dim_intlist([1i64].as_slice(), true, kind);
         }
         let nll = (&x + 1e-12).log().nll_loss(&labels);
-        let ce = logits.cross_entropy_for_logits(&labels);
+        let ce = logits.log_softmax(1, kind).nll_loss(&labels);
         let loss = nll + ce * self.ce_weight;
         let stats = tch::no_grad(|| {
             let mut acc = StatsAcc::default();

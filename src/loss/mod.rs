@@ -81,19 +81,18 @@ pub fn build(loss: &LossConfig, miner: &MinerConfig) -> Result<Box<dyn MetricLos
     let distance = Distance::resolve(loss.distance, loss.name);
     match loss.name {
         LossName::Triplet => {
-            let m = match miner.name {
-                MinerName::BatchHard => TripletMiner::BatchHard,
-                MinerName::BatchAll => TripletMiner::All,
-                MinerName::SemiHard => TripletMiner::SemiHard,
-                MinerName::None => TripletMiner::None,
-                MinerName::MultiSimilarity => {
-                    return Err(Error::Config(
+            let m =
+                match miner.name {
+                    MinerName::BatchHard => TripletMiner::BatchHard,
+                    MinerName::BatchAll => TripletMiner::All,
+                    MinerName::SemiHard => TripletMiner::SemiHard,
+                    MinerName::None => TripletMiner::None,
+                    MinerName::MultiSimilarity => return Err(Error::Config(
                         "miner.name = multi_similarity mines pairs, but loss.name = triplet needs \
                          triplets: use miner.name = batch_hard, batch_all, semi_hard or none"
                             .into(),
-                    ))
-                }
-            };
+                    )),
+                };
             Ok(Box::new(TripletLoss::new(
                 loss.margin,
                 loss.soft_margin,
@@ -153,9 +152,7 @@ fn miner_name(m: MinerName) -> &'static str {
 
 /// Checks the numeric loss and miner keys.
 fn validate(loss: &LossConfig, miner: &MinerConfig) -> Result<()> {
-    let bad = |key: &str, v: f64, need: &str| {
-        Err(Error::Config(format!("{key} is {v}, {need}")))
-    };
+    let bad = |key: &str, v: f64, need: &str| Err(Error::Config(format!("{key} is {v}, {need}")));
     if !(loss.margin.is_finite() && loss.margin >= 0.0) {
         return bad("loss.margin", loss.margin, "must be finite and ≥ 0");
     }

@@ -122,8 +122,8 @@ impl MetricLoss for MultiSimilarityLoss {
                 let (pm, nm) = self.mine(&s, &pos, &neg);
                 let pos_exp = (&s * -1.0) + self.base; // base − S
                 let neg_exp = &s - self.base;
-                let losses = Self::lse(&pos_exp, &pm, self.alpha)
-                    + Self::lse(&neg_exp, &nm, self.beta); // [len, 1]
+                let losses =
+                    Self::lse(&pos_exp, &pm, self.alpha) + Self::lse(&neg_exp, &nm, self.beta); // [len, 1]
                 let (np, nn) = (count(&pm), count(&nm));
                 n_pos += np;
                 n_neg += nn;

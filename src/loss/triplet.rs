@@ -118,8 +118,12 @@ impl TripletLoss {
     ) -> Part {
         let (pos, neg) = label_masks(labels, start, len);
         let dd = d.detach();
-        let (_, hp) = dd.masked_fill(&pos.logical_not(), f64::NEG_INFINITY).max_dim(1, false);
-        let (_, hn) = dd.masked_fill(&neg.logical_not(), f64::INFINITY).min_dim(1, false);
+        let (_, hp) = dd
+            .masked_fill(&pos.logical_not(), f64::NEG_INFINITY)
+            .max_dim(1, false);
+        let (_, hn) = dd
+            .masked_fill(&neg.logical_not(), f64::INFINITY)
+            .min_dim(1, false);
         let keep = pos.any_dim(1, false).logical_and(&neg.any_dim(1, false));
         let a = keep.nonzero().squeeze_dim(1);
         let p = hp.index_select(0, &a);
@@ -155,9 +159,7 @@ impl TripletLoss {
     ) -> Part {
         let (pos, neg) = label_masks(labels, start, len);
         // Column indices of each row's positives in increasing order, padded.
-        let (_, order) = pos
-            .to_kind(Kind::Int8)
-            .sort_stable(true, 1, true);
+        let (_, order) = pos.to_kind(Kind::Int8).sort_stable(true, 1, true);
         let pidx = order.narrow(1, 0, p_max);
         let pvalid = pos.gather(1, &pidx, false);
         let dp = d.gather(1, &pidx, false); // [len, P]
