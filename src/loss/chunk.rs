@@ -55,7 +55,7 @@ impl Leaf {
             g = self.leaf.zeros_like();
         }
         if let Some(s) = grad_scale {
-            g = g * s;
+            g *= s;
         }
         let sur = (&self.xn * g).sum(self.xn.kind());
         value.detach() + &sur - sur.detach()
