@@ -7,7 +7,7 @@
 //!    rows, the others `softmax(logits / T)`;
 //! 3. `iterations` replicator steps `X ← X ⊙ (W X)`, rows renormalised to sum 1;
 //! 4. loss = NLL(log(X + 1e-12), y) + `ce_weight` · CE(logits, y), both means over B.
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::stats::{count, StatsAcc};
 use super::{LossOutput, MetricLoss};
@@ -131,8 +131,8 @@ impl GroupLoss {
             let xn = super::distance::normalize(&f.detach());
             let s = xn.matmul(&xn.tr());
             let (pos, neg) = super::distance::label_masks(&labels, 0, b);
-            acc.add_pos(&s, &pos.to_kind(Kind::Int64));
-            acc.add_neg(&s, &neg.to_kind(Kind::Int64));
+            acc.add_pos(&s, &pos);
+            acc.add_neg(&s, &neg);
             acc.finish(b)
         });
         Ok(LossOutput { loss, stats })

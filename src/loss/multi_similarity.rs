@@ -132,8 +132,8 @@ impl MetricLoss for MultiSimilarityLoss {
                 let any_row = pm.any_dim(1, false).logical_or(&nm.any_dim(1, false));
                 acc.contributing += count(&any_row);
                 let sd = s.detach();
-                acc.add_pos(&sd, &pm.to_kind(Kind::Int64));
-                acc.add_neg(&sd, &nm.to_kind(Kind::Int64));
+                acc.add_pos(&sd, &pm);
+                acc.add_neg(&sd, &nm);
                 if single {
                     let mean = losses.mean(kind);
                     mean.backward();

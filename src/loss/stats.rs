@@ -69,13 +69,14 @@ impl StatsAcc {
     }
 }
 
-/// `(Σ sim·count, Σ count)` in f64.
+/// `(Σ sim·count, Σ count)`; the products are summed in the similarities' dtype
+/// (no f64 copy of a `[rows, B]` chunk), the counts in i64.
 fn weighted(sim: &Tensor, count: &Tensor) -> (f64, i64) {
-    let c = count.to_kind(tch::Kind::Double);
-    let s = (sim.detach().to_kind(tch::Kind::Double) * &c)
-        .sum(tch::Kind::Double)
+    let kind = sim.kind();
+    let s = (sim.detach() * count.to_kind(kind))
+        .sum(kind)
         .double_value(&[]);
-    let n = c.sum(tch::Kind::Double).double_value(&[]).round() as i64;
+    let n = count.sum(tch::Kind::Int64).int64_value(&[]);
     (s, n)
 }
 
