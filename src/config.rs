@@ -154,6 +154,32 @@ pub struct LossConfig {
     pub ms_beta: f64,
     /// Multi-Similarity λ (similarity offset, PML's `base`).
     pub ms_base: f64,
+    /// Distance of the triplet loss: `auto` (Euclidean for triplet, cosine similarity
+    /// for Multi-Similarity), `euclidean` (on L2-normalised embeddings, PML's
+    /// `LpDistance`) or `cosine` (PML's `CosineSimilarity`).
+    pub distance: LossDistance,
+    /// Group Loss: softmax temperature T of the priors `softmax(logits / T)`
+    /// (official code: CUB 24, Cars 79, SOP 54).
+    pub group_temperature: f64,
+    /// Group Loss: labelled anchors per class in the batch, given one-hot priors
+    /// (official code: CUB 2, Cars 3, SOP 2).
+    pub group_anchors: usize,
+    /// Group Loss: replicator-dynamics iterations (official default 1).
+    pub group_iterations: usize,
+    /// Group Loss: weight of the cross-entropy term on the logits (official code: 1).
+    pub group_ce_weight: f64,
+}
+
+/// The distance a metric loss works with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossDistance {
+    /// The loss's usual distance: Euclidean for triplet, cosine for Multi-Similarity.
+    Auto,
+    /// Euclidean distance between L2-normalised embeddings.
+    Euclidean,
+    /// Cosine similarity.
+    Cosine,
 }
 
 impl Default for LossConfig {
@@ -165,6 +191,11 @@ impl Default for LossConfig {
             ms_alpha: 2.0,
             ms_beta: 40.0,
             ms_base: 0.5,
+            distance: LossDistance::Auto,
+            group_temperature: 24.0,
+            group_anchors: 2,
+            group_iterations: 1,
+            group_ce_weight: 1.0,
         }
     }
 }
