@@ -4,9 +4,10 @@
 //! test: it exports a randomly initialised torchvision model (torch.manual_seed(0), with
 //! `--perturb-bn` so that BatchNorm statistics matter) and torchvision's feature map in
 //! eval mode on a fixed input (torch.manual_seed(1), randn [2, 3, S, S]). dml imports
-//! the file with strict loading and must give the same map (≤ 1e-4 of its max |·|).
+//! the files with strict loading and must give the same map (≤ 1e-4 of its max |·|).
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, OnceLock};
 
 use dml::config::{BnMode, HeadKind, ModelConfig};
 use dml::model::{trunk, weights, Model};
@@ -24,27 +25,66 @@ fn tool() -> PathBuf {
     ))
 }
 
-/// Runs the export tool; returns (weights file, features file).
-fn export(dir: &Path, arch: &str, size: i64, last_stride: usize) -> (PathBuf, PathBuf) {
-    let w = dir.join(format!("{arch}.safetensors"));
-    let f = dir.join(format!("{arch}.features.safetensors"));
-    let out = Command::new(python())
-        .arg(tool())
-        .args(["--arch", arch, "--perturb-bn", "--threads", "1"])
-        .args(["--last-stride", &last_stride.to_string()])
-        .args(["--input-size", &size.to_string()])
-        .arg("--out")
-        .arg(&w)
-        .arg("--features")
-        .arg(&f)
-        .output()
-        .expect("run venv python");
-    assert!(
-        out.status.success(),
-        "export failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (w, f)
+/// (arch, input size, last_stride) of every parity case.
+const CASES: [(&str, i64, usize); 6] = [
+    ("resnet18", 64, 2),
+    // 64 px: stride 16 with last_stride 1 → a 4×4 map.
+    ("resnet50", 64, 1),
+    ("densenet121", 64, 2),
+    ("efficientnet_b0", 64, 2),
+    ("mobilenet_v2", 64, 2),
+    ("inception_v3", 96, 2),
+];
+
+/// Exports every case once per test process, in one python process (importing torch
+/// costs seconds): the tool's `main` is called once per case with the CLI arguments
+/// `--arch A --perturb-bn --threads 1 --last-stride L --input-size S --out A.safetensors
+/// --features A.features.safetensors`.
+fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("trunk_parity");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut calls = String::new();
+        for (arch, size, ls) in CASES {
+            let w = dir.join(format!("{arch}.safetensors"));
+            let f = dir.join(format!("{arch}.features.safetensors"));
+            calls += &format!(
+                "t.main(['--arch', '{arch}', '--perturb-bn', '--threads', '1', '--last-stride', '{ls}', \
+                 '--input-size', '{size}', '--out', r'{}', '--features', r'{}'])\n",
+                w.display(),
+                f.display()
+            );
+        }
+        let tools = tool().parent().unwrap().to_path_buf();
+        let script = format!(
+            "import sys\nsys.path.insert(0, r'{}')\nimport torchvision_to_safetensors as t\n{calls}",
+            tools.display()
+        );
+        let out = Command::new(python())
+            .args(["-c", &script])
+            .output()
+            .expect("run venv python");
+        assert!(
+            out.status.success(),
+            "export failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// Model::new under a lock: torch's global RNG is shared by the test threads, and
+/// "same seed, same init" only holds when no other test draws in between.
+fn new_model(c: &ModelConfig, kind: Kind, seed: u64) -> dml::Result<Model> {
+    locked(|| Model::new(c, Device::Cpu, kind, seed))
+}
+
+/// Runs `f` (which draws from torch's RNG) while no other test does.
+fn locked<T>(f: impl FnOnce() -> T) -> T {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    f()
 }
 
 fn cfg(arch: &str, pretrained: &Path, last_stride: usize) -> ModelConfig {
@@ -75,9 +115,11 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
 
 fn parity(arch: &str, size: i64, last_stride: usize, kind: Kind) {
     tch::set_num_threads(1);
-    let dir = tempfile::tempdir().unwrap();
-    let (w, f) = export(dir.path(), arch, size, last_stride);
-    let model = Model::new(&cfg(arch, &w, last_stride), Device::Cpu, kind, 7).unwrap();
+    let case = CASES.iter().find(|c| c.0 == arch).unwrap();
+    assert_eq!((case.1, case.2), (size, last_stride));
+    let w = fixtures().join(format!("{arch}.safetensors"));
+    let f = fixtures().join(format!("{arch}.features.safetensors"));
+    let model = new_model(&cfg(arch, &w, last_stride), kind, 7).unwrap();
     let fx = read(&f);
     let want = &fx["features"];
     let got = tch::no_grad(|| model.feature_map(&fx["input"].to_kind(kind), false));
@@ -100,7 +142,7 @@ fn resnet18_matches_torchvision() {
 #[test]
 fn resnet18_f64_matches_torchvision_and_is_all_f64() {
     parity("resnet18", 64, 2, Kind::Double);
-    let m = Model::new(&ModelConfig::default(), Device::Cpu, Kind::Double, 0).unwrap();
+    let m = new_model(&ModelConfig::default(), Kind::Double, 0).unwrap();
     for (name, t) in m.named_variables() {
         assert_eq!(t.kind(), Kind::Double, "{name}");
     }
@@ -108,7 +150,6 @@ fn resnet18_f64_matches_torchvision_and_is_all_f64() {
 
 #[test]
 fn resnet50_last_stride_1_matches_torchvision() {
-    // 64 px: stride 16 with last_stride 1 → a 4×4 map (2×2 with stride 2).
     parity("resnet50", 64, 1, Kind::Float);
 }
 
@@ -138,7 +179,7 @@ fn unknown_trunk_lists_known_names() {
         trunk: "vgg16".into(),
         ..ModelConfig::default()
     };
-    let err = Model::new(&c, Device::Cpu, Kind::Float, 0).unwrap_err();
+    let err = new_model(&c, Kind::Float, 0).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Config(_)), "{msg}");
     for name in trunk::known() {
@@ -154,7 +195,7 @@ fn unknown_trunk_lists_known_names() {
 fn strict_load_names_missing_unexpected_and_wrong_shape() {
     // A file made from resnet18's own variables, with conv1.weight removed, an extra
     // tensor, bn1.weight of the wrong shape and a num_batches_tracked (ignored).
-    let m = Model::new(&ModelConfig::default(), Device::Cpu, Kind::Float, 0).unwrap();
+    let m = new_model(&ModelConfig::default(), Kind::Float, 0).unwrap();
     let mut tensors: Vec<(String, Tensor)> = m
         .named_variables()
         .into_iter()
@@ -181,7 +222,7 @@ fn strict_load_names_missing_unexpected_and_wrong_shape() {
     let path = dir.path().join("bad.safetensors");
     Tensor::write_safetensors(&tensors, &path).unwrap();
 
-    let mut m = Model::new(&ModelConfig::default(), Device::Cpu, Kind::Float, 0).unwrap();
+    let mut m = new_model(&ModelConfig::default(), Kind::Float, 0).unwrap();
     let err = weights::load_pretrained(&mut m.vs, &path, "trunk.", true).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Config(_)), "{msg}");
@@ -223,9 +264,7 @@ fn strict_load_names_missing_unexpected_and_wrong_shape() {
         pretrained: path.to_string_lossy().into_owned(),
         ..ModelConfig::default()
     };
-    let msg = Model::new(&c, Device::Cpu, Kind::Float, 0)
-        .unwrap_err()
-        .to_string();
+    let msg = new_model(&c, Kind::Float, 0).unwrap_err().to_string();
     assert!(msg.contains("extra.weight"), "{msg}");
 }
 
@@ -233,7 +272,7 @@ fn strict_load_names_missing_unexpected_and_wrong_shape() {
 fn frozen_batchnorm_is_not_trainable() {
     // resnet18: 20 convolutions (conv1, 8 blocks × 2, 3 downsamples) and 20 BatchNorms
     // (bn1, 8 × 2, 3 downsample.1), each BN with weight and bias; head.fc weight + bias.
-    let frozen = Model::new(&ModelConfig::default(), Device::Cpu, Kind::Float, 0).unwrap();
+    let frozen = new_model(&ModelConfig::default(), Kind::Float, 0).unwrap();
     let names: Vec<&str> = frozen.trainable().iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 20 + 2, "{names:?}");
     assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted");
@@ -249,7 +288,7 @@ fn frozen_batchnorm_is_not_trainable() {
         bn: BnMode::Train,
         ..ModelConfig::default()
     };
-    let train = Model::new(&c, Device::Cpu, Kind::Float, 0).unwrap();
+    let train = new_model(&c, Kind::Float, 0).unwrap();
     assert_eq!(train.trainable().len(), 20 + 40 + 2);
     // 20 BNs × (weight, bias, running_mean, running_var) + 20 convs + head.
     assert_eq!(train.named_variables().len(), 80 + 20 + 2);
@@ -258,9 +297,9 @@ fn frozen_batchnorm_is_not_trainable() {
 #[test]
 fn heads_and_init() {
     tch::set_num_threads(1);
-    let x = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+    let x = locked(|| Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu)));
     // head = linear: L2-normalised embedding_dim vectors.
-    let m = Model::new(&ModelConfig::default(), Device::Cpu, Kind::Float, 3).unwrap();
+    let m = new_model(&ModelConfig::default(), Kind::Float, 3).unwrap();
     let e = m.forward(&x, false);
     assert_eq!(e.size(), vec![2, 128]);
     let norms = e.norm_scalaropt_dim(2.0, &[1i64][..], false);
@@ -271,15 +310,15 @@ fn heads_and_init() {
         head: HeadKind::Pool,
         ..ModelConfig::default()
     };
-    let p = Model::new(&c, Device::Cpu, Kind::Float, 3).unwrap();
+    let p = new_model(&c, Kind::Float, 3).unwrap();
     assert_eq!(p.embedding_dim(), 2048);
     assert_eq!(p.forward(&x, false).size(), vec![2, 2048]);
 
     // Same seed, same init; another seed, another one.
-    let a = Model::new(&ModelConfig::default(), Device::Cpu, Kind::Float, 3).unwrap();
+    let a = new_model(&ModelConfig::default(), Kind::Float, 3).unwrap();
     let w = |m: &Model| m.vs.variables()["trunk.layer3.1.conv2.weight"].copy();
     assert!(w(&a).equal(&w(&m)));
-    let b = Model::new(&ModelConfig::default(), Device::Cpu, Kind::Float, 4).unwrap();
+    let b = new_model(&ModelConfig::default(), Kind::Float, 4).unwrap();
     assert!(!w(&a).equal(&w(&b)));
 
     // torchvision's ResNet init: kaiming_normal_(fan_out, relu): conv1 [64, 3, 7, 7] has
@@ -309,7 +348,7 @@ fn heads_and_init() {
 #[test]
 fn batchnorm_prefixes_and_last_stride() {
     let vs = tch::nn::VarStore::new(Device::Cpu);
-    let t = trunk::build(&(vs.root() / "trunk"), "resnet50", 1).unwrap();
+    let t = locked(|| trunk::build(&(vs.root() / "trunk"), "resnet50", 1)).unwrap();
     let p = t.batchnorm_prefixes();
     // resnet50: bn1 + 16 blocks × 3 + 4 downsamples = 53 BatchNorms.
     assert_eq!(p.len(), 53);
@@ -318,6 +357,7 @@ fn batchnorm_prefixes_and_last_stride() {
     let x = Tensor::zeros([1, 3, 64, 64], (Kind::Float, Device::Cpu));
     // 64 / 16 = 4 with layer4 at stride 1.
     assert_eq!(t.forward(&x, false).size(), vec![1, 2048, 4, 4]);
+    // Rejected before anything is drawn.
     assert!(trunk::build(&vs.root(), "densenet121", 1).is_err());
     assert!(trunk::build(&vs.root(), "resnet18", 3).is_err());
 }

@@ -67,7 +67,7 @@ def fix_legacy_densenet(sd):
     return out
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", required=True, help="torchvision model name, e.g. resnet50")
     ap.add_argument("--weights", help="a torchvision .pth state_dict (default: random init)")
@@ -80,7 +80,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--perturb-bn", action="store_true",
                     help="(tests) random BatchNorm affine and running statistics, so that loading them matters")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
 
