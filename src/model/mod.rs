@@ -2,7 +2,13 @@
 //!
 //! Model code knows nothing of ranks: [`Model::forward`] maps this rank's images to
 //! this rank's embeddings; the trainer gathers them.
+pub mod densenet;
+pub mod efficientnet;
+pub mod inception_v3;
+pub mod layers;
+pub mod mobilenet_v2;
 pub mod resnet;
+pub mod trunk;
 pub mod weights;
 
 use std::path::Path;
@@ -12,31 +18,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::config::{BnMode, HeadKind, ModelConfig};
 use crate::error::{Error, Result};
 
-/// The trunk families dml builds.
-#[derive(Debug)]
-enum Trunk {
-    ResNet(resnet::ResNet),
-}
-
-impl Trunk {
-    fn forward(&self, x: &Tensor, bn_train: bool) -> Tensor {
-        match self {
-            Trunk::ResNet(r) => r.forward(x, bn_train),
-        }
-    }
-
-    fn out_channels(&self) -> usize {
-        match self {
-            Trunk::ResNet(r) => r.out_channels(),
-        }
-    }
-
-    fn batchnorm_prefixes(&self) -> &[String] {
-        match self {
-            Trunk::ResNet(r) => r.batchnorm_prefixes(),
-        }
-    }
-}
+pub use trunk::Trunk;
 
 /// Trunk + head with its parameters in one `VarStore` (keys `trunk.*`, `head.*`).
 ///
@@ -50,7 +32,7 @@ impl Trunk {
 pub struct Model {
     /// All parameters and buffers.
     pub vs: nn::VarStore,
-    trunk: Trunk,
+    trunk: Box<dyn Trunk>,
     fc: Option<nn::Linear>,
     bn: BnMode,
     trainable: Vec<(String, Tensor)>,
@@ -65,11 +47,10 @@ impl std::fmt::Debug for Model {
     }
 }
 
-/// True if `name` (a VarStore key) belongs to one of the BatchNorm layers.
+/// True if `name` (a VarStore key) belongs to one of the BatchNorm layers (full paths).
 fn in_batchnorm(name: &str, prefixes: &[String]) -> bool {
     prefixes.iter().any(|p| {
-        name.strip_prefix("trunk.")
-            .and_then(|n| n.strip_prefix(p.as_str()))
+        name.strip_prefix(p.as_str())
             .is_some_and(|rest| rest.starts_with('.'))
     })
 }
@@ -80,25 +61,29 @@ impl Model {
         tch::manual_seed(seed as i64);
         let mut vs = nn::VarStore::new(device);
         let root = vs.root();
-        let trunk = match cfg.trunk.as_str() {
-            t if t.starts_with("resnet") => Trunk::ResNet(resnet::ResNet::new(
-                &(&root / "trunk"),
-                t,
-                cfg.last_stride,
-            )?),
-            other => {
-                return Err(Error::Config(format!(
-                    "model.trunk: unknown trunk `{other}`; known: resnet18, resnet34, resnet50, resnet101, resnet152"
-                )))
-            }
-        };
+        let trunk = trunk::build(&(&root / "trunk"), &cfg.trunk, cfg.last_stride)?;
         let fc = match cfg.head {
-            HeadKind::Linear => Some(nn::linear(
-                &root / "head" / "fc",
-                trunk.out_channels() as i64,
-                cfg.embedding_dim as i64,
-                Default::default(),
-            )),
+            HeadKind::Linear => {
+                if cfg.embedding_dim == 0 {
+                    return Err(Error::Config("model.embedding_dim must be positive".into()));
+                }
+                // torch.nn.Linear's default: weight and bias uniform in ±1/√fan_in.
+                let bound = 1.0 / (trunk.out_channels() as f64).sqrt();
+                let init = nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                };
+                Some(nn::linear(
+                    &root / "head" / "fc",
+                    trunk.out_channels() as i64,
+                    cfg.embedding_dim as i64,
+                    nn::LinearConfig {
+                        ws_init: init,
+                        bs_init: Some(init),
+                        bias: true,
+                    },
+                ))
+            }
             HeadKind::Pool => None,
         };
         if kind != Kind::Float {
@@ -120,7 +105,7 @@ impl Model {
                 );
             }
         }
-        let bn_prefixes = trunk.batchnorm_prefixes().to_vec();
+        let bn_prefixes = trunk.batchnorm_prefixes();
         let mut trainable: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
@@ -146,17 +131,25 @@ impl Model {
     /// Embeddings of a batch of normalised images `[B, 3, H, W]`. `train` selects the
     /// BatchNorm behaviour (batch statistics only with `model.bn = "train"`).
     pub fn forward(&self, images: &Tensor, train: bool) -> Tensor {
-        let bn_train = train && self.bn == BnMode::Train;
-        let map = self.trunk.forward(images, bn_train);
+        let map = self.feature_map(images, train);
         let pooled = map.mean_dim(&[2i64, 3][..], false, map.kind());
         match &self.fc {
             Some(fc) => {
                 let e = pooled.apply(fc);
-                let norm = e.norm_scalaropt_dim(2.0, &[1i64][..], true).clamp_min(1e-12);
+                let norm = e
+                    .norm_scalaropt_dim(2.0, &[1i64][..], true)
+                    .clamp_min(1e-12);
                 e / norm
             }
             None => pooled,
         }
+    }
+
+    /// The trunk's last feature map `[B, C, h, w]` of normalised images `[B, 3, H, W]`;
+    /// `train` as in [`Model::forward`].
+    pub fn feature_map(&self, images: &Tensor, train: bool) -> Tensor {
+        let bn_train = train && self.bn == BnMode::Train;
+        self.trunk.forward(images, bn_train)
     }
 
     /// Trainable parameters by name, sorted (the same order on every rank).

@@ -1,1 +1,109 @@
-//! (in progress)
+//! Import of torchvision weights exported by `tools/torchvision_to_safetensors.py`.
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{nn, Tensor};
+
+use crate::error::{Error, Result};
+
+/// What [`load_pretrained`] did: counts and the names (without prefix) that did not fit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Tensors copied into the VarStore.
+    pub loaded: usize,
+    /// Model variables under the prefix that the file lacks.
+    pub missing: Vec<String>,
+    /// File tensors the model does not have.
+    pub unexpected: Vec<String>,
+    /// Names present in both with different shapes (`name: file [..] vs model [..]`).
+    pub wrong_shape: Vec<String>,
+}
+
+impl LoadReport {
+    /// True when every name matched.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.wrong_shape.is_empty()
+    }
+}
+
+/// Copies a safetensors file with torchvision `state_dict` names (no prefix) into the
+/// VarStore variables `prefix + name`, converting to each variable's kind and device.
+/// `num_batches_tracked` entries are ignored. With `strict`, any missing, unexpected
+/// or wrong-shape name is an [`Error::Config`] that lists them and nothing is copied;
+/// otherwise the matching tensors are copied and the rest reported.
+///
+/// ```no_run
+/// let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+/// let _t = dml::model::trunk::build(&(vs.root() / "trunk"), "resnet50", 2)?;
+/// let r = dml::model::weights::load_pretrained(
+///     &mut vs, std::path::Path::new("resnet50.safetensors"), "trunk.", true)?;
+/// assert!(r.missing.is_empty());
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub fn load_pretrained(
+    vs: &mut nn::VarStore,
+    path: &Path,
+    prefix: &str,
+    strict: bool,
+) -> Result<LoadReport> {
+    if !path.exists() {
+        return Err(Error::Config(format!(
+            "model.pretrained: {} does not exist (make it with tools/torchvision_to_safetensors.py)",
+            path.display()
+        )));
+    }
+    let file = Tensor::read_safetensors(path).map_err(|e| {
+        Error::Config(format!(
+            "model.pretrained: cannot read {} as safetensors: {e}",
+            path.display()
+        ))
+    })?;
+    let file: HashMap<String, Tensor> = file
+        .into_iter()
+        .filter(|(n, _)| !n.ends_with("num_batches_tracked"))
+        .collect();
+    let vars: HashMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t)))
+        .collect();
+    let mut report = LoadReport::default();
+    let mut pairs = Vec::new();
+    for (name, var) in &vars {
+        match file.get(name) {
+            None => report.missing.push(name.clone()),
+            Some(src) if src.size() != var.size() => report.wrong_shape.push(format!(
+                "{name}: file {:?} vs model {:?}",
+                src.size(),
+                var.size()
+            )),
+            Some(src) => pairs.push((var, src)),
+        }
+    }
+    report.unexpected = file
+        .keys()
+        .filter(|n| !vars.contains_key(*n))
+        .cloned()
+        .collect();
+    report.missing.sort();
+    report.unexpected.sort();
+    report.wrong_shape.sort();
+    if strict && !report.is_clean() {
+        return Err(Error::Config(format!(
+            "model.pretrained {} does not fit the trunk (strict): missing [{}]; unexpected [{}]; wrong shape [{}]",
+            path.display(),
+            report.missing.join(", "),
+            report.unexpected.join(", "),
+            report.wrong_shape.join(", ")
+        )));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (var, src) in &pairs {
+            let mut v = var.shallow_clone();
+            v.f_copy_(src)?;
+        }
+        Ok(())
+    })?;
+    report.loaded = pairs.len();
+    Ok(report)
+}

@@ -1,0 +1,224 @@
+//! Building blocks shared by the trunks: convolutions with torchvision's init schemes
+//! and BatchNorm layers that record their VarStore paths.
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// How a convolution's weight is initialised (torchvision's schemes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ConvInit {
+    /// `kaiming_normal_(w, mode="fan_out", nonlinearity="relu")` (ResNet, MobileNet, EfficientNet).
+    KaimingFanOut,
+    /// `kaiming_normal_(w)` with its defaults, fan-in (DenseNet).
+    KaimingFanIn,
+    /// `trunc_normal_(w, std, a=-2, b=2)` (Inception v3).
+    TruncNormal(f64),
+}
+
+/// A 2-d convolution with torchvision's parameter names (`weight`, optional `bias`).
+#[derive(Debug)]
+pub struct Conv {
+    ws: Tensor,
+    bs: Option<Tensor>,
+    stride: [i64; 2],
+    padding: [i64; 2],
+    groups: i64,
+}
+
+/// Options of a [`Conv`]: kernel, stride, padding as (height, width).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvOpts {
+    /// Kernel size.
+    pub k: [i64; 2],
+    /// Stride.
+    pub stride: [i64; 2],
+    /// Zero padding.
+    pub padding: [i64; 2],
+    /// Groups (channels for a depthwise convolution).
+    pub groups: i64,
+    /// With a bias (initialised to zero).
+    pub bias: bool,
+    /// Weight initialisation.
+    pub init: ConvInit,
+}
+
+impl ConvOpts {
+    /// Square kernel `k`, stride `s`, padding `p`, no bias, Kaiming fan-out init.
+    pub fn new(k: i64, s: i64, p: i64) -> Self {
+        ConvOpts {
+            k: [k, k],
+            stride: [s, s],
+            padding: [p, p],
+            groups: 1,
+            bias: false,
+            init: ConvInit::KaimingFanOut,
+        }
+    }
+
+    /// Same options with `groups`.
+    pub fn groups(mut self, g: i64) -> Self {
+        self.groups = g;
+        self
+    }
+
+    /// Same options with a bias.
+    pub fn bias(mut self) -> Self {
+        self.bias = true;
+        self
+    }
+
+    /// Same options with another weight init.
+    pub fn init(mut self, init: ConvInit) -> Self {
+        self.init = init;
+        self
+    }
+}
+
+/// Builds a convolution under `p` (variables `p.weight`, `p.bias`).
+pub fn conv(p: &nn::Path, cin: i64, cout: i64, o: ConvOpts) -> Conv {
+    let dims = [cout, cin / o.groups, o.k[0], o.k[1]];
+    let ws = match o.init {
+        ConvInit::KaimingFanOut | ConvInit::KaimingFanIn => {
+            let fan = if o.init == ConvInit::KaimingFanOut {
+                nn::init::FanInOut::FanOut
+            } else {
+                nn::init::FanInOut::FanIn
+            };
+            p.var(
+                "weight",
+                &dims,
+                nn::Init::Kaiming {
+                    dist: nn::init::NormalOrUniform::Normal,
+                    fan,
+                    non_linearity: nn::init::NonLinearity::ReLU,
+                },
+            )
+        }
+        ConvInit::TruncNormal(std) => {
+            let w = p.var("weight", &dims, nn::Init::Const(0.));
+            tch::no_grad(|| {
+                let r = (Tensor::randn(dims, (w.kind(), w.device())) * std).clamp(-2.0, 2.0);
+                let mut w = w.shallow_clone();
+                w.copy_(&r);
+            });
+            w
+        }
+    };
+    let bs = o.bias.then(|| p.var("bias", &[cout], nn::Init::Const(0.)));
+    Conv {
+        ws,
+        bs,
+        stride: o.stride,
+        padding: o.padding,
+        groups: o.groups,
+    }
+}
+
+impl Conv {
+    /// Applies the convolution.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(
+            &self.ws,
+            self.bs.as_ref(),
+            self.stride,
+            self.padding,
+            [1, 1],
+            self.groups,
+        )
+    }
+}
+
+/// The VarStore path of `p` as a dotted string (`trunk.layer1.0.bn1`).
+pub fn path_name(p: &nn::Path) -> String {
+    p.components().collect::<Vec<_>>().join(".")
+}
+
+/// A BatchNorm2d with weight 1, bias 0, running statistics as buffers.
+#[derive(Debug)]
+pub struct Bn(nn::BatchNorm);
+
+/// Builds a BatchNorm2d under `p` with `eps` and `momentum`, and records its path in `bns`.
+pub fn bn(p: &nn::Path, c: i64, eps: f64, momentum: f64, bns: &mut Vec<String>) -> Bn {
+    bns.push(path_name(p));
+    Bn(nn::batch_norm2d(
+        p,
+        c,
+        nn::BatchNormConfig {
+            eps,
+            momentum,
+            ws_init: nn::Init::Const(1.),
+            bs_init: nn::Init::Const(0.),
+            ..Default::default()
+        },
+    ))
+}
+
+impl Bn {
+    /// Batch statistics (updating the running ones) when `train`, running statistics otherwise.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.0.forward_t(x, train)
+    }
+}
+
+/// Activation after a convolution + BatchNorm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// None (a linear projection).
+    Identity,
+    /// ReLU.
+    Relu,
+    /// ReLU6 (MobileNet v2).
+    Relu6,
+    /// SiLU / swish (EfficientNet).
+    Silu,
+}
+
+impl Act {
+    /// Applies the activation.
+    pub fn apply(self, x: Tensor) -> Tensor {
+        match self {
+            Act::Identity => x,
+            Act::Relu => x.relu(),
+            Act::Relu6 => x.relu6(),
+            Act::Silu => x.silu(),
+        }
+    }
+}
+
+/// torchvision's `Conv2dNormActivation` (`p.0` conv, `p.1` BatchNorm) or Inception's
+/// `BasicConv2d` (`p.conv`, `p.bn`), chosen by the sub-path names.
+#[derive(Debug)]
+pub struct ConvBnAct {
+    conv: Conv,
+    bn: Bn,
+    act: Act,
+}
+
+/// BatchNorm settings `(eps, momentum)`.
+pub type BnCfg = (f64, f64);
+
+/// Builds a conv (`p/names.0`) + BatchNorm (`p/names.1`) + activation.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_act(
+    p: &nn::Path,
+    names: (&str, &str),
+    cin: i64,
+    cout: i64,
+    o: ConvOpts,
+    bn_cfg: BnCfg,
+    act: Act,
+    bns: &mut Vec<String>,
+) -> ConvBnAct {
+    ConvBnAct {
+        conv: conv(&(p / names.0), cin, cout, o),
+        bn: bn(&(p / names.1), cout, bn_cfg.0, bn_cfg.1, bns),
+        act,
+    }
+}
+
+impl ConvBnAct {
+    /// conv → BatchNorm → activation.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.act
+            .apply(self.bn.forward(&self.conv.forward(x), train))
+    }
+}
