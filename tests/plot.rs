@@ -116,7 +116,7 @@ fn series_get_distinct_colours_and_legend_swatches() {
     // swatches at (338, 40) and (338, 52).
     let s = spec(
         vec![
-            series("a", &[(0.0, 0.0), (1.0, 0.2)]),
+            series("a", &[(0.0, 0.2), (1.0, 0.0)]),
             series("b", &[(0.0, 0.1), (1.0, 0.0)]),
         ],
         false,
@@ -132,6 +132,18 @@ fn series_get_distinct_colours_and_legend_swatches() {
     // Both lines appear in the plot area at column 100.
     let col: Vec<[u8; 3]> = (30..256).map(|y| px(&img, 100, y)).collect();
     assert!(col.contains(&PALETTE[0]) && col.contains(&PALETTE[1]));
+}
+
+#[test]
+fn legend_moves_off_the_data() {
+    // An ascending line ends in the top-right corner, so the legend ("up": box width
+    // 6+16+6+16+6 = 50) goes to the top-left one: box at x = 80 + 7 = 87, y = 36, swatch
+    // at (93, 40); at the top right (swatch would be at 380−6−50+6 = 330) it is absent.
+    let s = spec(vec![series("up", &[(0.0, 0.0), (10.0, 10.0)])], false);
+    let img = render_chart(&s, 400, 300).unwrap();
+    assert_eq!(px(&img, 93, 40), PALETTE[0]);
+    assert_eq!(px(&img, 108, 47), PALETTE[0]);
+    assert_ne!(px(&img, 330, 44), PALETTE[0]);
 }
 
 #[test]

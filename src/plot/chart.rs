@@ -160,7 +160,7 @@ impl Frame {
 }
 
 /// Renders `spec` on a `width`×`height` image: title, axes with numbered ticks, one line
-/// per series in [`PALETTE`] colours, and a legend at the top right.
+/// per series in [`PALETTE`] colours, and a legend in the emptiest corner.
 /// Non-finite points are skipped (the line breaks there).
 /// Errors with [`Error::Input`] when there is nothing to plot.
 ///
@@ -242,7 +242,7 @@ pub fn render_chart_marked(
             .enumerate()
             .map(|(j, m)| (m.name.as_str(), PALETTE[(n + j) % 10])),
     );
-    legend(&mut c, r, t, &entries);
+    legend(&mut c, (l, t, r, b), &entries);
     Ok(c.img)
 }
 
@@ -266,9 +266,14 @@ fn draw_series(c: &mut Canvas, f: &Frame, s: &Series, colour: [u8; 3]) {
     }
 }
 
-/// Legend box in the top-right corner of the plot area: a 16×8 swatch, then the name,
-/// one 12-px row per entry.
-fn legend(c: &mut Canvas, right: i64, top: i64, entries: &[(&str, [u8; 3])]) {
+/// Legend box, 6 px inside a corner of the plot area: a 16×8 swatch, then the name, one
+/// 12-px row per entry. The corner is the one (in the order top-right, top-left,
+/// bottom-right, bottom-left) whose box covers the fewest drawn data pixels.
+fn legend(
+    c: &mut Canvas,
+    (left, top, right, bottom): (i64, i64, i64, i64),
+    entries: &[(&str, [u8; 3])],
+) {
     if entries.is_empty() {
         return;
     }
@@ -279,7 +284,27 @@ fn legend(c: &mut Canvas, right: i64, top: i64, entries: &[(&str, [u8; 3])]) {
         .unwrap_or(0);
     let w = 6 + 16 + 6 + text_w + 6;
     let h = 4 + 12 * entries.len() as i64;
-    let (x, y) = (right - 6 - w, top + 6);
+    let corners = [
+        (right - 6 - w, top + 6),
+        (left + 7, top + 6),
+        (right - 6 - w, bottom - 6 - h),
+        (left + 7, bottom - 6 - h),
+    ];
+    let covered = |&(x, y): &(i64, i64)| {
+        let (iw, ih) = (i64::from(c.img.width()), i64::from(c.img.height()));
+        (y.max(0)..(y + h).min(ih))
+            .flat_map(|yy| (x.max(0)..(x + w).min(iw)).map(move |xx| (xx, yy)))
+            .filter(|&(xx, yy)| {
+                let p = c.img.get_pixel(xx as u32, yy as u32).0;
+                p != BACKGROUND && p != GRID
+            })
+            .count()
+    };
+    let (x, y) = corners
+        .iter()
+        .copied()
+        .min_by_key(covered)
+        .unwrap_or(corners[0]);
     c.fill_rect(x, y, w, h, BACKGROUND);
     c.rect_outline(x, y, w, h, 1, [160, 160, 160]);
     for (i, (name, colour)) in entries.iter().enumerate() {
