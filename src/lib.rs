@@ -16,6 +16,7 @@ pub mod eval;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod rng;
 pub mod sys;
 pub mod train;
