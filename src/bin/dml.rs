@@ -330,7 +330,7 @@ fn draw_grid(
     let n = ql.len();
     let queries: Vec<usize> = (0..ROWS.min(n)).map(|i| i * n / ROWS.min(n).max(1)).collect();
     let idx = tch::Tensor::from_slice(&queries.iter().map(|&q| q as i64).collect::<Vec<_>>());
-    let mut sims = qe.index_select(0, &idx).matmul(&re.tr());
+    let sims = qe.index_select(0, &idx).matmul(&re.tr());
     if same_source {
         for (row, &q) in queries.iter().enumerate() {
             let _ = sims.get(row as i64).get(q as i64).fill_(f64::NEG_INFINITY);

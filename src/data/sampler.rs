@@ -114,6 +114,33 @@ impl Sampler {
         })
     }
 
+    /// A sampler over the dataset images `indices` only (e.g. the training classes left
+    /// after a validation fold is taken out); batches hold dataset indices.
+    ///
+    /// ```
+    /// use dml::data::sampler::Sampler;
+    /// let labels = [0, 0, 1, 1, 2, 2, 3, 3];
+    /// let s = Sampler::for_indices(&labels, vec![0, 1, 4, 5, 6, 7], 2, 2, 7)?;
+    /// assert!(s.global_batch(0).iter().all(|&i| labels[i] != 1));
+    /// # Ok::<(), dml::Error>(())
+    /// ```
+    pub fn for_indices(
+        labels: &[u32],
+        indices: Vec<usize>,
+        classes_per_batch: usize,
+        samples_per_class: usize,
+        seed: u64,
+    ) -> Result<Sampler> {
+        let sub: Vec<u32> = indices.iter().map(|&i| labels[i]).collect();
+        let mut s = Sampler::new(&sub, classes_per_batch, samples_per_class, seed)?;
+        for class in &mut s.classes {
+            for i in class.iter_mut() {
+                *i = indices[*i];
+            }
+        }
+        Ok(s)
+    }
+
     /// Batches per epoch, as PML's `MPerClassSampler` counts them:
     /// `max(1, dataset_len / (N·K))`.
     pub fn batches_per_epoch(&self) -> usize {

@@ -157,6 +157,32 @@ impl Model {
         &self.trainable
     }
 
+    /// Copies `values` (names and shapes as [`Model::trainable`], e.g. an SWA average)
+    /// into the trainable parameters.
+    pub fn set_trainable(&self, values: &[(String, Tensor)]) -> Result<()> {
+        if values.len() != self.trainable.len() {
+            return Err(Error::Train(format!(
+                "{} tensors given, the model has {} trainable parameters",
+                values.len(),
+                self.trainable.len()
+            )));
+        }
+        tch::no_grad(|| -> Result<()> {
+            for ((name, p), (vname, v)) in self.trainable.iter().zip(values) {
+                if name != vname || p.size() != v.size() {
+                    return Err(Error::Train(format!(
+                        "`{vname}` {:?} does not match parameter `{name}` {:?}",
+                        v.size(),
+                        p.size()
+                    )));
+                }
+                let mut p = p.shallow_clone();
+                p.f_copy_(v)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Output dimension.
     pub fn embedding_dim(&self) -> usize {
         match &self.fc {
