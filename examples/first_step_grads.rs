@@ -18,12 +18,26 @@ fn main() -> Result<()> {
     let comm = dml::dist::init(cfg.dist.backend)?;
     dml::device::set_threads(comm.world());
     let s = setup(&cfg, comm.as_ref())?;
-    let mut loader = TrainLoader::new(s.train.clone(), s.sampler, loader_options(&cfg, comm.as_ref()), 0, 1)?;
+    let mut loader = TrainLoader::new(
+        s.train.clone(),
+        s.sampler,
+        loader_options(&cfg, comm.as_ref()),
+        0,
+        1,
+    )?;
     let batch = loader.next().context("no batch")?;
     let images = batch.to_tensor(s.device, s.kind);
     let labels = tch::Tensor::from_slice(&batch.labels);
     let bucket = (cfg.dist.bucket_mb * (1 << 20) as f64) as usize;
-    let out_step = forward_backward(&s.model, s.objective.as_ref(), comm.as_ref(), &images, &labels, bucket, 1)?;
+    let out_step = forward_backward(
+        &s.model,
+        s.objective.as_ref(),
+        comm.as_ref(),
+        &images,
+        &labels,
+        bucket,
+        1,
+    )?;
     if comm.rank() == 0 {
         let grads: Vec<(String, tch::Tensor)> = s
             .model

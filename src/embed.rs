@@ -89,7 +89,10 @@ pub fn embed_indices(
         parts.push(e.to_kind(Kind::Float).to_device(Device::Cpu));
     }
     let local = if parts.is_empty() {
-        Tensor::zeros([0, model.embedding_dim() as i64], (Kind::Float, Device::Cpu))
+        Tensor::zeros(
+            [0, model.embedding_dim() as i64],
+            (Kind::Float, Device::Cpu),
+        )
     } else {
         Tensor::cat(&parts, 0)
     };

@@ -16,7 +16,11 @@ fn data(tmp: &Path) -> PathBuf {
 
 fn train_local(cfg: &Path, out: &Path, sets: &[&str]) {
     let mut c = dml();
-    c.env("OMP_NUM_THREADS", "1").args(["train", "--config"]).arg(cfg).arg("--out").arg(out);
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["train", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(out);
     for s in sets {
         c.args(["--set", s]);
     }
@@ -44,7 +48,10 @@ fn invariance(loss: &[&str]) {
         &tmp.path().join("w1/model.safetensors"),
         &tmp.path().join("w2/model.safetensors"),
     );
-    assert!(diff <= 1e-9, "1 rank vs 2 ranks after 5 f64 steps: relative difference {diff}");
+    assert!(
+        diff <= 1e-9,
+        "1 rank vs 2 ranks after 5 f64 steps: relative difference {diff}"
+    );
     // The runs did move the weights: compare with the initialisation (step 0 is not
     // saved, so compare two different step counts instead).
     train_local(&cfg, &tmp.path().join("w1b"), &["train.steps=1"]);
@@ -52,7 +59,10 @@ fn invariance(loss: &[&str]) {
         &tmp.path().join("w1/model.safetensors"),
         &tmp.path().join("w1b/model.safetensors"),
     );
-    assert!(moved > 1e-6, "weights barely changed between step 1 and 5: {moved}");
+    assert!(
+        moved > 1e-6,
+        "weights barely changed between step 1 and 5: {moved}"
+    );
 }
 
 #[test]
@@ -74,7 +84,9 @@ fn resume_under_mpirun_matches_a_straight_mpirun_run() {
     let parted = tmp.path().join("parted");
     train_mpi(2, &cfg, &parted, &["train.steps=3"]);
     let mut c = mpirun(2);
-    c.args(["train", "--resume"]).arg(&parted).args(["--set", "train.steps=6"]);
+    c.args(["train", "--resume"])
+        .arg(&parted)
+        .args(["--set", "train.steps=6"]);
     ok(c);
     let diff = max_rel_diff(
         &tmp.path().join("straight/model.safetensors"),
@@ -91,13 +103,22 @@ fn a_batch_not_divisible_by_the_world_size_is_a_clear_error() {
     let out = mpirun(2)
         .args(["train", "--config"])
         .arg(&cfg)
-        .args(["--set", "sampler.classes_per_batch=3", "--set", "sampler.samples_per_class=3", "--out"])
+        .args([
+            "--set",
+            "sampler.classes_per_batch=3",
+            "--set",
+            "sampler.samples_per_class=3",
+            "--out",
+        ])
         .arg(tmp.path().join("run"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("sampler.classes_per_batch") && err.contains('2'), "{err}");
+    assert!(
+        err.contains("sampler.classes_per_batch") && err.contains('2'),
+        "{err}"
+    );
     assert!(!tmp.path().join("run/checkpoints").exists());
 }
 
@@ -110,7 +131,13 @@ fn a_killed_rank_stops_every_rank_and_the_last_checkpoint_loads() {
     let mut child = mpirun(2)
         .args(["train", "--config"])
         .arg(&cfg)
-        .args(["--set", "train.steps=100000", "--set", "train.checkpoint_every=2", "--out"])
+        .args([
+            "--set",
+            "train.steps=100000",
+            "--set",
+            "train.checkpoint_every=2",
+            "--out",
+        ])
         .arg(&run)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -119,7 +146,10 @@ fn a_killed_rank_stops_every_rank_and_the_last_checkpoint_loads() {
     // Wait for a first checkpoint, then kill one rank with SIGKILL.
     let t0 = Instant::now();
     while !run.join("checkpoints/step-2").exists() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let pids = String::from_utf8(
@@ -146,18 +176,30 @@ fn a_killed_rank_stops_every_rank_and_the_last_checkpoint_loads() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(60), "ranks still running 60 s after a kill");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "ranks still running 60 s after a kill"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(!status.success());
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(text.to_lowercase().contains("rank"), "mpirun's message names no rank:\n{text}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.to_lowercase().contains("rank"),
+        "mpirun's message names no rank:\n{text}"
+    );
     // The newest complete checkpoint resumes.
     let mut c = mpirun(2);
     let steps = dml::train::checkpoint::list(&run).unwrap();
     let last = *steps.iter().max().expect("a checkpoint survived");
-    c.args(["train", "--resume"]).arg(&run).args(["--set", &format!("train.steps={}", last + 1)]);
+    c.args(["train", "--resume"])
+        .arg(&run)
+        .args(["--set", &format!("train.steps={}", last + 1)]);
     ok(c);
     assert!(run.join("model.safetensors").exists());
 }
@@ -167,7 +209,11 @@ fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let path = dir.join("examples").join(name);
-    assert!(path.exists(), "{} missing: run `cargo build --release --examples` first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --release --examples` first",
+        path.display()
+    );
     path
 }
 
@@ -186,5 +232,8 @@ fn first_step_gradient_f32_agrees_between_one_and_two_ranks() {
     c.arg(&cfg).arg(&g2);
     ok(c);
     let diff = max_rel_diff(&g1, &g2);
-    assert!(diff <= 1e-5, "first-step f32 gradient differs by {diff} (relative, per tensor max)");
+    assert!(
+        diff <= 1e-5,
+        "first-step f32 gradient differs by {diff} (relative, per tensor max)"
+    );
 }

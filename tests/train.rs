@@ -17,7 +17,11 @@ fn resume_gives_the_same_weights_as_a_straight_run() {
     let cfg = small_config(tmp.path(), &tmp.path().join("data"), "");
     let straight = tmp.path().join("straight");
     let mut c = dml();
-    c.env("OMP_NUM_THREADS", "1").args(["train", "--config"]).arg(&cfg).arg("--out").arg(&straight);
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&straight);
     ok(c);
     let parted = tmp.path().join("parted");
     let mut c = dml();
@@ -33,7 +37,10 @@ fn resume_gives_the_same_weights_as_a_straight_run() {
         .arg(&parted)
         .args(["--set", "train.steps=6"]);
     ok(c);
-    let d = max_rel_diff(&straight.join("model.safetensors"), &parted.join("model.safetensors"));
+    let d = max_rel_diff(
+        &straight.join("model.safetensors"),
+        &parted.join("model.safetensors"),
+    );
     assert_eq!(d, 0.0, "resumed run differs from the straight run by {d}");
     // metrics.jsonl has exactly one line per step, in order, after the resume.
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(parted.join("metrics.jsonl"))
@@ -58,23 +65,28 @@ fn a_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     synth(&tmp.path().join("data"), 8, 6, 36);
     // An absurd learning rate overflows float32 weights after the first update, so the
     // second step's loss is not finite.
-    let cfg = small_config(
-        tmp.path(),
-        &tmp.path().join("data"),
-        "",
-    );
+    let cfg = small_config(tmp.path(), &tmp.path().join("data"), "");
     let run = tmp.path().join("run");
     let out = dml()
         .env("OMP_NUM_THREADS", "1")
         .args(["train", "--config"])
         .arg(&cfg)
-        .args(["--set", "optim.lr=1e38", "--set", "train.checkpoint_every=1", "--out"])
+        .args([
+            "--set",
+            "optim.lr=1e38",
+            "--set",
+            "train.checkpoint_every=1",
+            "--out",
+        ])
         .arg(&run)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "run should fail: {err}");
-    assert!(err.contains("loss is") && err.contains("at step 2"), "{err}");
+    assert!(
+        err.contains("loss is") && err.contains("at step 2"),
+        "{err}"
+    );
     assert!(run.join("checkpoints/step-1/model.safetensors").exists());
     assert!(!run.join("checkpoints/step-2").exists());
     assert!(!run.join("model.safetensors").exists());
@@ -85,39 +97,67 @@ fn training_lowers_the_loss_and_raises_test_precision_at_1() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     synth(&data, 24, 12, 36);
-    let cfg_path = small_config(
-        tmp.path(),
-        &data,
-        "",
-    );
+    let cfg_path = small_config(tmp.path(), &data, "");
     let run = tmp.path().join("run");
     let mut c = dml();
     c.args(["train", "--config"])
         .arg(&cfg_path)
-        .args(["--set", "train.steps=120", "--set", "train.checkpoint_every=0", "--out"])
+        .args([
+            "--set",
+            "train.steps=120",
+            // A randomly initialised trunk has no meaningful running statistics to freeze.
+            "--set",
+            "model.bn=train",
+            "--set",
+            "train.checkpoint_every=0",
+            "--out",
+        ])
         .arg(&run);
     ok(c);
 
     let losses: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
         .collect();
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
     let (first, last) = (mean(&losses[..20]), mean(&losses[losses.len() - 20..]));
-    assert!(last < 0.8 * first, "loss did not fall: first 20 steps {first}, last 20 {last}");
+    assert!(
+        last < 0.8 * first,
+        "loss did not fall: first 20 steps {first}, last 20 {last}"
+    );
 
     let cfg = Config::load(&run.join("config.toml"), &[]).unwrap();
     let comm = dml::dist::init(dml::config::Backend::Local).unwrap();
     let test = Arc::new(Dataset::open(&data.join("test.dmlds")).unwrap());
-    let opts = EmbedOptions { image_size: 32, resize: 36, batch_size: 32, workers: 2 };
+    let opts = EmbedOptions {
+        image_size: 32,
+        resize: 36,
+        batch_size: 32,
+        workers: 2,
+    };
     let p_at_1 = |model: &Model| {
         let (e, l) = embed_dataset(model, comm.as_ref(), test.clone(), opts).unwrap();
-        evaluate(&e, &l, &e, &l, true, &EvalOptions::default()).unwrap().0["precision_at_1"]
+        evaluate(&e, &l, &e, &l, true, &EvalOptions::default())
+            .unwrap()
+            .0["precision_at_1"]
     };
-    let init = Model::new(&cfg.model, tch::Device::Cpu, tch::Kind::Float, cfg.train.seed).unwrap();
+    let init = Model::new(
+        &cfg.model,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+        cfg.train.seed,
+    )
+    .unwrap();
     let mut trained = Model::new(&cfg.model, tch::Device::Cpu, tch::Kind::Float, 0).unwrap();
     trained.load(&run.join("model.safetensors")).unwrap();
     let (before, after) = (p_at_1(&init), p_at_1(&trained));
-    assert!(after > before + 0.05, "test P@1 {before} at init, {after} after training");
+    assert!(
+        after > before + 0.05,
+        "test P@1 {before} at init, {after} after training"
+    );
 }

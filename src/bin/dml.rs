@@ -14,7 +14,11 @@ use dml::eval::metrics::{evaluate, EvalOptions, Metrics};
 use dml::model::Model;
 
 #[derive(Parser)]
-#[command(name = "dml", version, about = "Deep metric learning on one GPU, many GPUs and many nodes")]
+#[command(
+    name = "dml",
+    version,
+    about = "Deep metric learning on one GPU, many GPUs and many nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -153,12 +157,27 @@ fn with_comm(backend: Backend, f: impl FnOnce(&dyn Comm) -> Result<()>) -> Resul
 
 fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Synth { out, classes, per_class, size, seed } => {
+        Cmd::Synth {
+            out,
+            classes,
+            per_class,
+            size,
+            seed,
+        } => {
             dml::data::synth::generate(&out, classes, per_class, size, seed)?;
-            eprintln!("wrote {}/train.dmlds and {}/test.dmlds", out.display(), out.display());
+            eprintln!(
+                "wrote {}/train.dmlds and {}/test.dmlds",
+                out.display(),
+                out.display()
+            );
             Ok(())
         }
-        Cmd::Prepare { format, src, out, size } => {
+        Cmd::Prepare {
+            format,
+            src,
+            out,
+            size,
+        } => {
             let format = format.parse()?;
             let report = dml::data::prepare::prepare(format, &src, &out, size)?;
             eprintln!("{report}");
@@ -173,7 +192,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Train { config, resume, set, out } => {
+        Cmd::Train {
+            config,
+            resume,
+            set,
+            out,
+        } => {
             let (cfg, run, resuming) = match (resume, config, out) {
                 (Some(run), _, _) => (Config::load(&run.join("config.toml"), &set)?, run, true),
                 (None, Some(c), Some(o)) => (Config::load(&c, &set)?, o, false),
@@ -181,32 +205,58 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             };
             with_comm(cfg.dist.backend, |comm| {
                 dml::device::set_threads(comm.world());
-                if !resuming && comm.rank() == 0 && !dml::train::checkpoint::list(&run)?.is_empty() {
-                    bail!("{} already holds checkpoints: use --resume {} or another --out", run.display(), run.display());
+                if !resuming && comm.rank() == 0 && !dml::train::checkpoint::list(&run)?.is_empty()
+                {
+                    bail!(
+                        "{} already holds checkpoints: use --resume {} or another --out",
+                        run.display(),
+                        run.display()
+                    );
                 }
                 let steps = dml::train::run(&cfg, comm, &run, resuming)?;
                 if comm.rank() == 0 {
-                    eprintln!("trained {steps} steps; model in {}", run.join("model.safetensors").display());
+                    eprintln!(
+                        "trained {steps} steps; model in {}",
+                        run.join("model.safetensors").display()
+                    );
                 }
                 Ok(())
             })
         }
-        Cmd::Eval { run, data, gallery, embeddings, labels, query_embeddings, query_labels, json, grid } => {
+        Cmd::Eval {
+            run,
+            data,
+            gallery,
+            embeddings,
+            labels,
+            query_embeddings,
+            query_labels,
+            json,
+            grid,
+        } => {
             let metrics = match (run, data, embeddings, labels) {
                 (Some(run), Some(data), None, _) => {
                     let mut result = None;
                     with_comm(Backend::Auto, |comm| {
-                        result = Some(eval_run(comm, &run, &data, gallery.as_deref(), grid.as_deref())?);
+                        result = Some(eval_run(
+                            comm,
+                            &run,
+                            &data,
+                            gallery.as_deref(),
+                            grid.as_deref(),
+                        )?);
                         Ok(())
                     })?;
                     result.flatten()
                 }
-                (None, None, Some(e), Some(l)) => Some(dml::eval::evaluate_npy(&dml::eval::NpyEvalArgs {
-                    embeddings: e,
-                    labels: l,
-                    query_embeddings,
-                    query_labels,
-                })?),
+                (None, None, Some(e), Some(l)) => {
+                    Some(dml::eval::evaluate_npy(&dml::eval::NpyEvalArgs {
+                        embeddings: e,
+                        labels: l,
+                        query_embeddings,
+                        query_labels,
+                    })?)
+                }
                 _ => bail!("give RUN --data FILE, or --embeddings E.npy --labels L.npy"),
             };
             if let Some(m) = metrics {
@@ -214,7 +264,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::LrFind { config, set, out, start, end, steps } => {
+        Cmd::LrFind {
+            config,
+            set,
+            out,
+            start,
+            end,
+            steps,
+        } => {
             let cfg = Config::load(&config, &set)?;
             with_comm(cfg.dist.backend, |comm| {
                 dml::device::set_threads(comm.world());
@@ -222,7 +279,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 let r = dml::train::lr_find::lr_find(&cfg, comm, ramp)?;
                 if comm.rank() == 0 {
                     write_lr_find(&out, &r)?;
-                    println!("suggested: optim.lr = {:.3e}  lr.max_lr = {:.3e}", r.base, r.max);
+                    println!(
+                        "suggested: optim.lr = {:.3e}  lr.max_lr = {:.3e}",
+                        r.base, r.max
+                    );
                 }
                 Ok(())
             })
@@ -250,7 +310,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             let (emb, labels) = embed_dataset(&model, comm, ds, opts)?;
             if comm.rank() == 0 {
                 write_npy(&out, &emb, &labels)?;
-                eprintln!("wrote {} ({} × {})", out.display(), emb.size()[0], emb.size()[1]);
+                eprintln!(
+                    "wrote {} ({} × {})",
+                    out.display(),
+                    emb.size()[0],
+                    emb.size()[1]
+                );
             }
             Ok(())
         }),
@@ -305,9 +370,25 @@ fn eval_run(
             (g, ge, gl)
         }
     };
-    let metrics = evaluate(&qe, &ql, &re, &rl, gallery.is_none(), &EvalOptions::default())?;
+    let metrics = evaluate(
+        &qe,
+        &ql,
+        &re,
+        &rl,
+        gallery.is_none(),
+        &EvalOptions::default(),
+    )?;
     if let (Some(path), 0) = (grid, comm.rank()) {
-        draw_grid(path, &query, &qe, &ql, &reference, &re, &rl, gallery.is_none())?;
+        draw_grid(
+            path,
+            &query,
+            &qe,
+            &ql,
+            &reference,
+            &re,
+            &rl,
+            gallery.is_none(),
+        )?;
         eprintln!("wrote {}", path.display());
     }
     Ok((comm.rank() == 0).then_some(metrics))
@@ -328,7 +409,9 @@ fn draw_grid(
     const ROWS: usize = 8;
     const K: i64 = 5;
     let n = ql.len();
-    let queries: Vec<usize> = (0..ROWS.min(n)).map(|i| i * n / ROWS.min(n).max(1)).collect();
+    let queries: Vec<usize> = (0..ROWS.min(n))
+        .map(|i| i * n / ROWS.min(n).max(1))
+        .collect();
     let idx = tch::Tensor::from_slice(&queries.iter().map(|&q| q as i64).collect::<Vec<_>>());
     let sims = qe.index_select(0, &idx).matmul(&re.tr());
     if same_source {
@@ -341,15 +424,25 @@ fn draw_grid(
     let mut neighbours = Vec::new();
     let mut correct = Vec::new();
     for (row, &q) in queries.iter().enumerate() {
-        let nb: Vec<usize> = Vec::<i64>::try_from(top.get(row as i64))?.into_iter().map(|v| v as usize).collect();
+        let nb: Vec<usize> = Vec::<i64>::try_from(top.get(row as i64))?
+            .into_iter()
+            .map(|v| v as usize)
+            .collect();
         correct.push(nb.iter().map(|&r| rl[r] == ql[q]).collect());
         neighbours.push(nb);
     }
     // Query tiles come from the query file, retrieved ones from the reference file: the
     // grid's callback sees query indices first, then reference indices offset by n.
-    let nb_offset: Vec<Vec<usize>> = neighbours.iter().map(|v| v.iter().map(|&r| r + n).collect()).collect();
+    let nb_offset: Vec<Vec<usize>> = neighbours
+        .iter()
+        .map(|v| v.iter().map(|&r| r + n).collect())
+        .collect();
     let mut pixels = |i: usize| -> dml::Result<(Vec<u8>, usize, usize)> {
-        let img = if i < n { query.image(i) } else { reference.image(i - n) };
+        let img = if i < n {
+            query.image(i)
+        } else {
+            reference.image(i - n)
+        };
         Ok((img.pixels.to_vec(), img.height as usize, img.width as usize))
     };
     dml::plot::retrieval_grid(&queries, &nb_offset, &correct, 96, &mut pixels, path)?;
@@ -366,7 +459,10 @@ fn write_lr_find(out: &Path, r: &dml::train::lr_find::LrFindResult) -> Result<()
         .collect();
     std::fs::write(out.join("lr_find.jsonl"), lines)?;
     dml::plot::plot_lr_range(&r.points, (r.base, r.max), &out.join("lr_find.png"))?;
-    eprintln!("wrote {} and lr_find.jsonl", out.join("lr_find.png").display());
+    eprintln!(
+        "wrote {} and lr_find.jsonl",
+        out.join("lr_find.png").display()
+    );
     Ok(())
 }
 
@@ -377,7 +473,9 @@ fn write_npy(out: &Path, emb: &tch::Tensor, labels: &[i64]) -> Result<()> {
     dml::eval::npy::write_f32(out, &flat, [rows, cols])?;
     let lpath = out.with_file_name(format!(
         "{}_labels.npy",
-        out.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()
+        out.file_stem()
+            .map(|s| s.to_string_lossy())
+            .unwrap_or_default()
     ));
     dml::eval::npy::write_i64(&lpath, labels)?;
     Ok(())

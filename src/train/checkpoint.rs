@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use crate::data::sampler::SamplerState;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::data::sampler::SamplerState;
 use crate::optim::{Adam, Swa};
 
 /// Loop state stored beside the tensors.
@@ -118,7 +118,10 @@ pub fn load_latest(
         .map_err(|e| Error::Train(format!("{}: {e}", dir.join("state.json").display())))?;
     model.load(&dir.join("model.safetensors"))?;
     let opt = Tensor::read_safetensors(dir.join("optimizer.safetensors")).map_err(|e| {
-        Error::Train(format!("{}: {e}", dir.join("optimizer.safetensors").display()))
+        Error::Train(format!(
+            "{}: {e}",
+            dir.join("optimizer.safetensors").display()
+        ))
     })?;
     optim.load_state(&opt)?;
     if let Some(swa) = swa {

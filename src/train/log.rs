@@ -24,7 +24,13 @@ impl RunLog {
     pub fn open(run: &Path, rank: usize, start: usize, total: usize) -> Result<RunLog> {
         let path = run.join("metrics.jsonl");
         if rank != 0 {
-            return Ok(RunLog { path, file: None, bar: None, started: Instant::now(), images: 0 });
+            return Ok(RunLog {
+                path,
+                file: None,
+                bar: None,
+                started: Instant::now(),
+                images: 0,
+            });
         }
         if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
@@ -53,13 +59,28 @@ impl RunLog {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_position(start as u64);
-        Ok(RunLog { path, file: Some(file), bar: Some(bar), started: Instant::now(), images: 0 })
+        Ok(RunLog {
+            path,
+            file: Some(file),
+            bar: Some(bar),
+            started: Instant::now(),
+            images: 0,
+        })
     }
 
     /// Records step `step` (1-based count of completed steps) with extra fields.
-    pub fn step(&mut self, step: usize, loss: f64, lr: f64, batch: usize, extra: Value) -> Result<()> {
+    pub fn step(
+        &mut self,
+        step: usize,
+        loss: f64,
+        lr: f64,
+        batch: usize,
+        extra: Value,
+    ) -> Result<()> {
         self.images += batch;
-        let Some(file) = self.file.as_mut() else { return Ok(()) };
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let ips = self.images as f64 / secs;
         let mut obj = json!({ "step": step, "loss": loss, "lr": lr, "images_per_s": ips });

@@ -52,12 +52,25 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
             ramp.start, ramp.end, ramp.steps
         )));
     }
-    let Setup { train, sampler, model, objective, device, .. } = setup(cfg, comm)?;
+    let Setup {
+        train,
+        sampler,
+        model,
+        objective,
+        device,
+        ..
+    } = setup(cfg, comm)?;
     for (_, mut var) in model.named_variables() {
         comm.broadcast(&mut var, 0)?;
     }
     let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
-    let mut loader = TrainLoader::new(train, sampler, loader_options(cfg, comm), 0, ramp.steps as u64)?;
+    let mut loader = TrainLoader::new(
+        train,
+        sampler,
+        loader_options(cfg, comm),
+        0,
+        ramp.steps as u64,
+    )?;
     let bucket = (cfg.dist.bucket_mb * (1 << 20) as f64) as usize;
     let mut points = Vec::new();
     let mut smooth = Smoother::new(0.9);
@@ -67,7 +80,15 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
         optim.zero_grad();
         let images = batch.to_tensor(device, model.kind());
         let labels = Tensor::from_slice(&batch.labels).to_device(device);
-        let loss = match step::forward_backward(&model, objective.as_ref(), comm, &images, &labels, bucket, i + 1) {
+        let loss = match step::forward_backward(
+            &model,
+            objective.as_ref(),
+            comm,
+            &images,
+            &labels,
+            bucket,
+            i + 1,
+        ) {
             Ok(out) => out.loss,
             Err(Error::Train(_)) => break, // a non-finite loss ends the ramp
             Err(e) => return Err(e),
@@ -93,7 +114,12 @@ struct Smoother {
 
 impl Smoother {
     fn new(beta: f64) -> Smoother {
-        Smoother { beta, avg: 0.0, n: 0, min: f64::INFINITY }
+        Smoother {
+            beta,
+            avg: 0.0,
+            n: 0,
+            min: f64::INFINITY,
+        }
     }
 
     fn push(&mut self, x: f64) -> f64 {
@@ -139,6 +165,10 @@ pub fn suggest(points: &[(f64, f64)]) -> Result<(f64, f64)> {
         .ok_or_else(|| Error::Train("lr-find: no losses".into()))?;
     let first = s[0];
     let threshold = first - 0.1 * (first - lmin);
-    let ibase = s.iter().position(|&l| l <= threshold).unwrap_or(0).min(imin);
+    let ibase = s
+        .iter()
+        .position(|&l| l <= threshold)
+        .unwrap_or(0)
+        .min(imin);
     Ok((points[ibase].0, points[imin].0))
 }

@@ -36,7 +36,16 @@ use validate::Validation;
 /// ```
 pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<usize> {
     let rank = comm.rank();
-    let Setup { train, sampler, mut model, objective, device, kind, total, mut validation } = setup(cfg, comm)?;
+    let Setup {
+        train,
+        sampler,
+        mut model,
+        objective,
+        device,
+        kind,
+        total,
+        mut validation,
+    } = setup(cfg, comm)?;
     let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
     let mut swa = (cfg.swa.start > 0).then(|| Swa::new(model.trainable()));
     let mut start = 0;
@@ -55,7 +64,13 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
         std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
         checkpoint::write_synced(&run.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     }
-    let mut loader = TrainLoader::new(train.clone(), sampler.clone(), loader_options(cfg, comm), start as u64, total as u64)?;
+    let mut loader = TrainLoader::new(
+        train.clone(),
+        sampler.clone(),
+        loader_options(cfg, comm),
+        start as u64,
+        total as u64,
+    )?;
     let mut log = log::RunLog::open(run, rank, start, total)?;
     let bucket = (cfg.dist.bucket_mb * (1 << 20) as f64) as usize;
     while let Some(batch) = loader.try_next()? {
@@ -64,21 +79,42 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
         optim.zero_grad();
         let images = batch.to_tensor(device, kind);
         let labels = tch::Tensor::from_slice(&batch.labels).to_device(device);
-        let out = step::forward_backward(&model, objective.as_ref(), comm, &images, &labels, bucket, step)?;
+        let out = step::forward_backward(
+            &model,
+            objective.as_ref(),
+            comm,
+            &images,
+            &labels,
+            bucket,
+            step,
+        )?;
         optim.step(lr)?;
         if let Some(avg) = swa.as_mut().filter(|_| Swa::should_average(&cfg.swa, step)) {
             avg.update(model.trainable())?;
         }
         let mut extra = serde_json::to_value(&out.stats).unwrap_or(json!({}));
         let every = cfg.eval.every;
-        if let Some(v) = validation.as_mut().filter(|_| every > 0 && (step % every == 0 || step == total)) {
+        if let Some(v) = validation
+            .as_mut()
+            .filter(|_| every > 0 && (step % every == 0 || step == total))
+        {
             merge(&mut extra, v.run(&model, comm, run, step)?);
         }
         log.step(step, out.loss, lr, cfg.global_batch(), extra)?;
         let every = cfg.train.checkpoint_every;
         if rank == 0 && ((every > 0 && step % every == 0) || step == total) {
-            let state = LoopState { step, sampler: sampler.state(step as u64) };
-            checkpoint::save(run, &model, &optim, swa.as_ref(), &state, cfg.train.keep_checkpoints)?;
+            let state = LoopState {
+                step,
+                sampler: sampler.state(step as u64),
+            };
+            checkpoint::save(
+                run,
+                &model,
+                &optim,
+                swa.as_ref(),
+                &state,
+                cfg.train.keep_checkpoints,
+            )?;
         }
     }
     log.finish();
@@ -136,7 +172,16 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
     let kind = crate::device::kind(cfg.train.precision, device)?;
     let model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
     let objective = crate::loss::build(&cfg.loss, &cfg.miner)?;
-    Ok(Setup { train, sampler, model, objective, device, kind, total, validation })
+    Ok(Setup {
+        train,
+        sampler,
+        model,
+        objective,
+        device,
+        kind,
+        total,
+        validation,
+    })
 }
 
 /// The training loader settings of this rank.
@@ -161,7 +206,15 @@ fn param_groups(model: &Model, head_lr_mult: f64) -> Vec<ParamGroup> {
         .map(|(n, t)| (n.clone(), t.shallow_clone()))
         .partition(|(n, _)| n.starts_with("trunk."));
     vec![
-        ParamGroup { name: "trunk".into(), params: trunk, lr_mult: 1.0 },
-        ParamGroup { name: "head".into(), params: head, lr_mult: head_lr_mult },
+        ParamGroup {
+            name: "trunk".into(),
+            params: trunk,
+            lr_mult: 1.0,
+        },
+        ParamGroup {
+            name: "head".into(),
+            params: head,
+            lr_mult: head_lr_mult,
+        },
     ]
 }

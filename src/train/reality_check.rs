@@ -71,15 +71,32 @@ pub fn run(cfg: &Config, comm: &dyn Comm, out: &Path) -> Result<RealityCheckRepo
             workers: cfg.data.workers,
         };
         let (emb, lab) = embed_dataset(&model, comm, test.clone(), opts)?;
-        per_fold.push(evaluate(&emb, &lab, &emb, &lab, true, &EvalOptions::default())?);
+        per_fold.push(evaluate(
+            &emb,
+            &lab,
+            &emb,
+            &lab,
+            true,
+            &EvalOptions::default(),
+        )?);
         embeddings.push(emb);
         labels = lab;
     }
     let cat = Tensor::cat(&embeddings, 1);
-    let cat = &cat / cat.norm_scalaropt_dim(2.0, [1i64].as_slice(), true).clamp_min(1e-12);
+    let cat = &cat
+        / cat
+            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+            .clamp_min(1e-12);
     let concatenated = evaluate(&cat, &labels, &cat, &labels, true, &EvalOptions::default())?;
-    let d = embeddings.first().map(|e| e.size()[1] as usize).unwrap_or(0);
-    let report = RealityCheckReport { folds: per_fold, concatenated, dims: (d, cat.size()[1] as usize) };
+    let d = embeddings
+        .first()
+        .map(|e| e.size()[1] as usize)
+        .unwrap_or(0);
+    let report = RealityCheckReport {
+        folds: per_fold,
+        concatenated,
+        dims: (d, cat.size()[1] as usize),
+    };
     if comm.rank() == 0 {
         write_report(&report, out)?;
     }
@@ -104,13 +121,21 @@ fn load_model(cfg: &Config, comm: &dyn Comm, weights: &Path) -> Result<Model> {
     Ok(model)
 }
 
-const COLUMNS: [&str; 3] = ["precision_at_1", "r_precision", "mean_average_precision_at_r"];
+const COLUMNS: [&str; 3] = [
+    "precision_at_1",
+    "r_precision",
+    "mean_average_precision_at_r",
+];
 
 /// The report as a Markdown table.
 pub fn markdown(r: &RealityCheckReport) -> String {
-    let mut s = String::from("| model | dim | P@1 | R-Precision | MAP@R |\n|---|---|---|---|---|\n");
+    let mut s =
+        String::from("| model | dim | P@1 | R-Precision | MAP@R |\n|---|---|---|---|---|\n");
     let row = |name: String, dim: usize, m: &Metrics| {
-        let v: Vec<String> = COLUMNS.iter().map(|k| format!("{:.4}", m.get(k).unwrap_or(f64::NAN))).collect();
+        let v: Vec<String> = COLUMNS
+            .iter()
+            .map(|k| format!("{:.4}", m.get(k).unwrap_or(f64::NAN)))
+            .collect();
         format!("| {name} | {dim} | {} |\n", v.join(" | "))
     };
     for (f, m) in r.folds.iter().enumerate() {

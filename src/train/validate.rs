@@ -26,7 +26,12 @@ use crate::train::checkpoint::write_synced;
 /// assert_eq!(train, vec![0, 1, 4, 5, 6, 7]);
 /// ```
 pub fn split_by_class_fold(labels: &[u32], folds: usize, fold: usize) -> (Vec<usize>, Vec<usize>) {
-    let classes: Vec<u32> = labels.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+    let classes: Vec<u32> = labels
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let c = classes.len();
     let lo = fold * c / folds;
     let hi = (fold + 1) * c / folds;
@@ -46,7 +51,10 @@ pub struct Validation {
 impl Validation {
     /// Builds the validation set for `cfg` (None when `eval.every` is 0) and returns the
     /// training indices the sampler may draw from.
-    pub fn from_config(cfg: &Config, train: &Arc<Dataset>) -> Result<(Option<Validation>, Vec<usize>)> {
+    pub fn from_config(
+        cfg: &Config,
+        train: &Arc<Dataset>,
+    ) -> Result<(Option<Validation>, Vec<usize>)> {
         let all: Vec<usize> = (0..train.len()).collect();
         if cfg.eval.every == 0 {
             return Ok((None, all));
@@ -61,9 +69,19 @@ impl Validation {
         if !cfg.data.val.is_empty() {
             let data = Arc::new(Dataset::open(Path::new(&cfg.data.val))?);
             let indices = (0..data.len()).collect();
-            return Ok((Some(Validation { data, indices, metric, best: None, opts }), all));
+            return Ok((
+                Some(Validation {
+                    data,
+                    indices,
+                    metric,
+                    best: None,
+                    opts,
+                }),
+                all,
+            ));
         }
-        let (train_idx, val_idx) = split_by_class_fold(train.labels(), cfg.eval.folds, cfg.eval.fold);
+        let (train_idx, val_idx) =
+            split_by_class_fold(train.labels(), cfg.eval.folds, cfg.eval.fold);
         if val_idx.is_empty() || train_idx.is_empty() {
             return Err(Error::Config(format!(
                 "eval.fold: fold {} of {} leaves no {} classes in {}; use fewer eval.folds or set data.val",
@@ -73,7 +91,13 @@ impl Validation {
                 cfg.data.train
             )));
         }
-        let v = Validation { data: train.clone(), indices: val_idx, metric, best: None, opts };
+        let v = Validation {
+            data: train.clone(),
+            indices: val_idx,
+            metric,
+            best: None,
+            opts,
+        };
         Ok((Some(v), train_idx))
     }
 
@@ -89,8 +113,15 @@ impl Validation {
     /// Embeds the validation images on all ranks and evaluates them (same source). On
     /// rank 0, a new best model is written to `RUN/best/` (atomically). Returns the metrics
     /// with keys prefixed `val_`, ready for metrics.jsonl.
-    pub fn run(&mut self, model: &Model, comm: &dyn Comm, run: &Path, step: usize) -> Result<serde_json::Value> {
-        let (emb, labels) = embed_indices(model, comm, self.data.clone(), &self.indices, self.opts)?;
+    pub fn run(
+        &mut self,
+        model: &Model,
+        comm: &dyn Comm,
+        run: &Path,
+        step: usize,
+    ) -> Result<serde_json::Value> {
+        let (emb, labels) =
+            embed_indices(model, comm, self.data.clone(), &self.indices, self.opts)?;
         let metrics = evaluate(&emb, &labels, &emb, &labels, true, &EvalOptions::default())?;
         let value = metric_value(&metrics, &self.metric)?;
         let improved = self.best.is_none_or(|b| value > b);
@@ -109,8 +140,11 @@ impl Validation {
 }
 
 fn metric_value(m: &Metrics, name: &str) -> Result<f64> {
-    m.get(name)
-        .ok_or_else(|| Error::Config(format!("eval.metric: `{name}` is not among the computed metrics")))
+    m.get(name).ok_or_else(|| {
+        Error::Config(format!(
+            "eval.metric: `{name}` is not among the computed metrics"
+        ))
+    })
 }
 
 /// Writes `RUN/best/{model.safetensors,best.json}` through a temporary directory.
