@@ -162,10 +162,9 @@ fn a_killed_rank_stops_every_rank_and_the_last_checkpoint_loads() {
     .unwrap();
     let victim = pids
         .lines()
-        .filter(|p| {
+        .rfind(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "dml")
         })
-        .last()
         .expect("a rank pid")
         .to_string();
     let mut kill = Command::new("kill");

@@ -443,7 +443,7 @@ fn draw_grid(
         } else {
             reference.image(i - n)
         };
-        Ok((img.pixels.to_vec(), img.height as usize, img.width as usize))
+        Ok((img.pixels.to_vec(), img.height, img.width))
     };
     dml::plot::retrieval_grid(&queries, &nb_offset, &correct, 96, &mut pixels, path)?;
     Ok(())

@@ -97,9 +97,8 @@ impl RunLog {
 
     /// Prints a line above the progress bar (rank 0 only).
     pub fn println(&self, msg: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(msg),
-            None => {}
+        if let Some(bar) = &self.bar {
+            bar.println(msg);
         }
     }
 
