@@ -161,3 +161,81 @@ fn training_lowers_the_loss_and_raises_test_precision_at_1() {
         "test P@1 {before} at init, {after} after training"
     );
 }
+
+#[test]
+fn validation_keeps_the_best_model_and_plot_and_lr_find_write_pictures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 16, 6, 36);
+    let cfg = small_config(tmp.path(), &data, "");
+    let run = tmp.path().join("run");
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args([
+            "--set",
+            "eval.every=3",
+            "--set",
+            "swa.start=4",
+            "--set",
+            "swa.every=1",
+        ])
+        .arg("--out")
+        .arg(&run);
+    ok(c);
+    // Validation lines at steps 3 and 6 carry the val_ metrics; the best model is kept.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let validated: Vec<u64> = lines
+        .iter()
+        .filter(|v| v.get("val_mean_average_precision_at_r").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(validated, vec![3, 6]);
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("best/best.json")).unwrap())
+            .unwrap();
+    let best_step = best["step"].as_u64().unwrap() as usize;
+    let best_value = best["value"].as_f64().unwrap();
+    let at_best = lines[best_step - 1]["val_mean_average_precision_at_r"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(best_value, at_best);
+    assert!(run.join("best/model.safetensors").exists());
+    // SWA from step 4 on: the saved model is the average of steps 4, 5, 6, so it differs
+    // from the last checkpoint's weights.
+    let d = max_rel_diff(
+        &run.join("model.safetensors"),
+        &run.join("checkpoints/step-6/model.safetensors"),
+    );
+    assert!(d > 0.0, "the final model should be the SWA average");
+
+    let mut c = dml();
+    c.arg("plot").arg(&run);
+    ok(c);
+    for f in ["loss.png", "lr.png", "validation.png"] {
+        assert!(run.join("plots").join(f).exists(), "{f} missing");
+    }
+
+    let lr_dir = tmp.path().join("lr");
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["lr-find", "--config"])
+        .arg(&cfg)
+        .args(["--steps", "8", "--start", "1e-5", "--end", "1e-2", "--out"])
+        .arg(&lr_dir);
+    let out = ok(c);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("optim.lr =") && text.contains("lr.max_lr ="),
+        "{text}"
+    );
+    assert!(lr_dir.join("lr_find.png").exists());
+    let points = std::fs::read_to_string(lr_dir.join("lr_find.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(points.lines().next().unwrap()).unwrap();
+    assert_eq!(first["lr"].as_f64().unwrap(), 1e-5);
+}
