@@ -239,3 +239,36 @@ fn validation_keeps_the_best_model_and_plot_and_lr_find_write_pictures() {
     let first: serde_json::Value = serde_json::from_str(points.lines().next().unwrap()).unwrap();
     assert_eq!(first["lr"].as_f64().unwrap(), 1e-5);
 }
+
+#[test]
+fn reality_check_trains_four_folds_and_reports_each_and_the_concatenation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 16, 6, 36);
+    let cfg = small_config(tmp.path(), &data, "");
+    let out = tmp.path().join("rc");
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["reality-check", "--config"])
+        .arg(&cfg)
+        .args(["--set", "train.steps=2", "--set", "eval.every=2", "--out"])
+        .arg(&out);
+    ok(c);
+    for f in 0..4 {
+        assert!(out
+            .join(format!("fold-{f}/best/model.safetensors"))
+            .exists());
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("reality_check.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["folds"].as_array().unwrap().len(), 4);
+    // small_config's embedding is 32-d: four folds concatenate to 128-d.
+    assert_eq!(report["fold_dim"].as_u64(), Some(32));
+    assert_eq!(report["concatenated_dim"].as_u64(), Some(128));
+    let p1 = report["concatenated"]["precision_at_1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p1));
+    let md = std::fs::read_to_string(out.join("reality_check.md")).unwrap();
+    assert_eq!(md.lines().filter(|l| l.starts_with("| fold ")).count(), 4);
+    assert!(md.contains("| concatenated | 128 |"));
+}
