@@ -26,7 +26,7 @@ fn main() -> Result<()> {
         1,
     )?;
     let batch = loader.next().context("no batch")?;
-    let images = batch.to_tensor(s.device, s.kind);
+    let images = batch.to_tensor(s.model.device(), s.model.kind());
     let labels = tch::Tensor::from_slice(&batch.labels);
     let bucket = (cfg.dist.bucket_mb * (1 << 20) as f64) as usize;
     let out_step = forward_backward(

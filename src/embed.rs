@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::config::Config;
 use crate::data::loader::EvalLoader;
 use crate::data::Dataset;
 use crate::dist::Comm;
@@ -20,6 +21,18 @@ pub struct EmbedOptions {
     pub batch_size: usize,
     /// Loader threads.
     pub workers: usize,
+}
+
+impl EmbedOptions {
+    /// The test transform and batch size of a run's config.
+    pub fn from_config(cfg: &Config) -> EmbedOptions {
+        EmbedOptions {
+            image_size: cfg.data.image_size,
+            resize: cfg.data.resize,
+            batch_size: cfg.eval.batch_size,
+            workers: cfg.data.workers,
+        }
+    }
 }
 
 /// Embeds every image of `ds` (test transform, BatchNorm in eval mode). Rank r embeds a

@@ -334,20 +334,10 @@ fn print_metrics(m: &Metrics, json: bool) {
 fn load_run(comm: &dyn Comm, run: &Path) -> Result<(Model, EmbedOptions)> {
     let cfg = Config::load(&run.join("config.toml"), &[])?;
     dml::device::set_threads(comm.world());
-    let device = dml::device::select(&cfg.train, comm.local_rank())?;
-    let kind = dml::device::kind(cfg.train.precision, device)?;
-    let mut model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
     let weights = run.join("model.safetensors");
-    model
-        .load(&weights)
+    let model = dml::train::load_model(&cfg, comm, &weights)
         .with_context(|| format!("loading {} (did the run finish?)", weights.display()))?;
-    let opts = EmbedOptions {
-        image_size: cfg.data.image_size,
-        resize: cfg.data.resize,
-        batch_size: cfg.eval.batch_size,
-        workers: cfg.data.workers,
-    };
-    Ok((model, opts))
+    Ok((model, EmbedOptions::from_config(&cfg)))
 }
 
 /// Evaluates a run on a dataset file (same source) or on query + gallery files; with

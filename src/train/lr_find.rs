@@ -1,15 +1,13 @@
 //! The learning-rate range test (Smith 2017): train with a learning rate that ramps
 //! linearly from `start` to `end`, record the loss at each step, and suggest the base
 //! (where the loss starts falling) and the maximum (where it turns) of a cyclic policy.
-use tch::Tensor;
-
 use crate::config::Config;
 use crate::data::loader::TrainLoader;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::optim::{lr_range, Adam};
 
-use super::{loader_options, param_groups, setup, step, Setup};
+use super::{broadcast_model, bucket_bytes, loader_options, param_groups, setup, step, Setup};
 
 /// The ramp of an LR range test.
 #[derive(Debug, Clone, Copy)]
@@ -57,12 +55,9 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
         sampler,
         model,
         objective,
-        device,
         ..
     } = setup(cfg, comm)?;
-    for (_, mut var) in model.named_variables() {
-        comm.broadcast(&mut var, 0)?;
-    }
+    broadcast_model(&model, comm)?;
     let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
     let mut loader = TrainLoader::new(
         train,
@@ -71,29 +66,27 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
         0,
         ramp.steps as u64,
     )?;
-    let bucket = (cfg.dist.bucket_mb * (1 << 20) as f64) as usize;
+    let bucket = bucket_bytes(cfg);
     let mut points = Vec::new();
     let mut smooth = Smoother::new(0.9);
     while let Some(batch) = loader.try_next()? {
         let i = batch.step as usize;
         let lr = lr_range(ramp.start, ramp.end, ramp.steps, i);
-        optim.zero_grad();
-        let images = batch.to_tensor(device, model.kind());
-        let labels = Tensor::from_slice(&batch.labels).to_device(device);
-        let loss = match step::forward_backward(
+        let model_step = step::train_step(
             &model,
             objective.as_ref(),
             comm,
-            &images,
-            &labels,
+            &mut optim,
+            &batch,
+            lr,
             bucket,
             i + 1,
-        ) {
+        );
+        let loss = match model_step {
             Ok(out) => out.loss,
             Err(Error::Train(_)) => break, // a non-finite loss ends the ramp
             Err(e) => return Err(e),
         };
-        optim.step(lr)?;
         points.push((lr, loss));
         let s = smooth.push(loss);
         if s > 4.0 * smooth.min && i > 4 {

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::json;
-use tch::{Device, Kind};
 
 use crate::config::Config;
 use crate::data::loader::{TrainLoader, TrainLoaderOptions};
@@ -41,8 +40,6 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
         sampler,
         mut model,
         objective,
-        device,
-        kind,
         total,
         mut validation,
     } = setup(cfg, comm)?;
@@ -57,9 +54,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
         }
         start = state.step;
     }
-    for (_, mut var) in model.named_variables() {
-        comm.broadcast(&mut var, 0)?;
-    }
+    broadcast_model(&model, comm)?;
     if rank == 0 {
         std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
         checkpoint::write_synced(&run.join("config.toml"), cfg.to_toml()?.as_bytes())?;
@@ -72,23 +67,20 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
         total as u64,
     )?;
     let mut log = log::RunLog::open(run, rank, start, total)?;
-    let bucket = (cfg.dist.bucket_mb * (1 << 20) as f64) as usize;
+    let bucket = bucket_bytes(cfg);
     while let Some(batch) = loader.try_next()? {
         let step = batch.step as usize + 1; // optimiser steps completed after this one
         let lr = learning_rate(&cfg.lr, cfg.optim.lr, step - 1);
-        optim.zero_grad();
-        let images = batch.to_tensor(device, kind);
-        let labels = tch::Tensor::from_slice(&batch.labels).to_device(device);
-        let out = step::forward_backward(
+        let out = step::train_step(
             &model,
             objective.as_ref(),
             comm,
-            &images,
-            &labels,
+            &mut optim,
+            &batch,
+            lr,
             bucket,
             step,
         )?;
-        optim.step(lr)?;
         if let Some(avg) = swa.as_mut().filter(|_| Swa::should_average(&cfg.swa, step)) {
             avg.update(model.trainable())?;
         }
@@ -128,6 +120,36 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
     Ok(total)
 }
 
+/// Rank 0's weights and buffers on every rank (identical initialisation or resume).
+fn broadcast_model(model: &Model, comm: &dyn Comm) -> Result<()> {
+    for (_, mut var) in model.named_variables() {
+        comm.broadcast(&mut var, 0)?;
+    }
+    Ok(())
+}
+
+/// `dist.bucket_mb` in bytes.
+fn bucket_bytes(cfg: &Config) -> usize {
+    (cfg.dist.bucket_mb * (1 << 20) as f64) as usize
+}
+
+/// The model of `cfg` on this rank's device with the weights of a safetensors file
+/// (a finished run's `model.safetensors`, or `best/model.safetensors`).
+///
+/// ```no_run
+/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
+/// let cfg = dml::config::Config::load("runs/quick/config.toml".as_ref(), &[])?;
+/// let model = dml::train::load_model(&cfg, comm, "runs/quick/model.safetensors".as_ref())?;
+/// # Ok(()) }
+/// ```
+pub fn load_model(cfg: &Config, comm: &dyn Comm, weights: &Path) -> Result<Model> {
+    let device = crate::device::select(&cfg.train, comm.local_rank())?;
+    let kind = crate::device::kind(cfg.train.precision, device)?;
+    let mut model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
+    model.load(weights)?;
+    Ok(model)
+}
+
 /// Adds the fields of `more` (an object) to `into` (an object).
 fn merge(into: &mut serde_json::Value, more: serde_json::Value) {
     if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), more) {
@@ -145,10 +167,6 @@ pub struct Setup {
     pub model: Model,
     /// Miner + loss over the gathered global batch.
     pub objective: Box<dyn MetricLoss>,
-    /// This rank's device.
-    pub device: Device,
-    /// Parameter kind.
-    pub kind: Kind,
     /// Total steps of the run.
     pub total: usize,
     /// Evaluation during training (`eval.every` > 0).
@@ -177,8 +195,6 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
         sampler,
         model,
         objective,
-        device,
-        kind,
         total,
         validation,
     })

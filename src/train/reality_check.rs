@@ -14,7 +14,6 @@ use crate::dist::Comm;
 use crate::embed::{embed_dataset, EmbedOptions};
 use crate::error::{Error, Result};
 use crate::eval::metrics::{evaluate, EvalOptions, Metrics};
-use crate::model::Model;
 
 use super::checkpoint::{self, write_synced};
 
@@ -63,13 +62,8 @@ pub fn run(cfg: &Config, comm: &dyn Comm, out: &Path) -> Result<RealityCheckRepo
             let resume = !checkpoint::list(&dir)?.is_empty();
             super::run(&fc, comm, &dir, resume)?;
         }
-        let model = load_model(&fc, comm, &best_weights(&dir))?;
-        let opts = EmbedOptions {
-            image_size: cfg.data.image_size,
-            resize: cfg.data.resize,
-            batch_size: cfg.eval.batch_size,
-            workers: cfg.data.workers,
-        };
+        let model = super::load_model(&fc, comm, &best_weights(&dir))?;
+        let opts = EmbedOptions::from_config(cfg);
         let (emb, lab) = embed_dataset(&model, comm, test.clone(), opts)?;
         per_fold.push(evaluate(
             &emb,
@@ -111,14 +105,6 @@ fn best_weights(dir: &Path) -> PathBuf {
     } else {
         dir.join("model.safetensors")
     }
-}
-
-fn load_model(cfg: &Config, comm: &dyn Comm, weights: &Path) -> Result<Model> {
-    let device = crate::device::select(&cfg.train, comm.local_rank())?;
-    let kind = crate::device::kind(cfg.train.precision, device)?;
-    let mut model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
-    model.load(weights)?;
-    Ok(model)
 }
 
 const COLUMNS: [&str; 3] = [

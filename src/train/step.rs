@@ -6,10 +6,12 @@
 //! gradients are summed across ranks.
 use tch::Tensor;
 
+use crate::data::loader::Batch;
 use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
 use crate::loss::{MetricLoss, MiningStats};
 use crate::model::Model;
+use crate::optim::Adam;
 
 /// What one step produced.
 #[derive(Debug, Clone)]
@@ -44,7 +46,7 @@ pub fn forward_backward(
     }
     let grads = Tensor::run_backward(&[&out.loss], &[&global], false, false);
     let own = grads[0].narrow(0, comm.rank() as i64 * rows, rows);
-    (local * own).sum(local_kind(model)).backward();
+    (local * own).sum(model.kind()).backward();
     let params: Vec<Tensor> = model
         .trainable()
         .iter()
@@ -57,6 +59,23 @@ pub fn forward_backward(
     })
 }
 
-fn local_kind(model: &Model) -> tch::Kind {
-    model.kind()
+/// One optimiser step on `batch` at learning rate `lr`: zero the gradients, move the batch
+/// to the model's device, [`forward_backward`], and update. `step` (1-based) labels errors.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: &Model,
+    objective: &dyn MetricLoss,
+    comm: &dyn Comm,
+    optim: &mut Adam,
+    batch: &Batch,
+    lr: f64,
+    bucket_bytes: usize,
+    step: usize,
+) -> Result<StepOutput> {
+    optim.zero_grad();
+    let images = batch.to_tensor(model.device(), model.kind());
+    let labels = Tensor::from_slice(&batch.labels).to_device(model.device());
+    let out = forward_backward(model, objective, comm, &images, &labels, bucket_bytes, step)?;
+    optim.step(lr)?;
+    Ok(out)
 }

@@ -59,12 +59,7 @@ impl Validation {
         if cfg.eval.every == 0 {
             return Ok((None, all));
         }
-        let opts = EmbedOptions {
-            image_size: cfg.data.image_size,
-            resize: cfg.data.resize,
-            batch_size: cfg.eval.batch_size,
-            workers: cfg.data.workers,
-        };
+        let opts = EmbedOptions::from_config(cfg);
         let metric = cfg.eval.metric.clone();
         if !cfg.data.val.is_empty() {
             let data = Arc::new(Dataset::open(Path::new(&cfg.data.val))?);
