@@ -79,13 +79,14 @@ pub enum BnMode {
     Train,
 }
 
-/// What the model returns.
+/// What the model returns (see `model::head`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HeadKind {
     /// Global average pool → linear → L2 normalisation.
     Linear,
-    /// Pooled trunk features, no projection or normalisation (untrained baseline).
+    /// Pooled trunk features, no projection or normalisation (untrained baseline, and
+    /// Group Loss's features).
     Pool,
 }
 
@@ -109,6 +110,10 @@ pub struct ModelConfig {
     pub last_stride: usize,
     /// Channels-last memory format on CUDA.
     pub channels_last: bool,
+    /// Training classes of the classifier that Group Loss (and the heads with an
+    /// auxiliary classifier) need; 0 = none, or, when one is needed, the number of
+    /// labels of `data.train` (the resolved value is written to `RUN/config.toml`).
+    pub classes: usize,
 }
 
 impl Default for ModelConfig {
@@ -122,6 +127,7 @@ impl Default for ModelConfig {
             head: HeadKind::Linear,
             last_stride: 2,
             channels_last: false,
+            classes: 0,
         }
     }
 }
@@ -168,6 +174,12 @@ pub struct LossConfig {
     pub group_iterations: usize,
     /// Group Loss: weight of the cross-entropy term on the logits (official code: 1).
     pub group_ce_weight: f64,
+    /// Weight of the cross-entropy term of each classifier head (not Group Loss's).
+    pub ce_weight: f64,
+    /// Label smoothing ε of that cross-entropy (BFE and CGD: 0.1).
+    pub ce_smoothing: f64,
+    /// Temperature that divides the logits first (CGD: 0.5).
+    pub ce_temperature: f64,
 }
 
 /// The distance a metric loss works with.
@@ -196,6 +208,9 @@ impl Default for LossConfig {
             group_anchors: 2,
             group_iterations: 1,
             group_ce_weight: 1.0,
+            ce_weight: 1.0,
+            ce_smoothing: 0.1,
+            ce_temperature: 1.0,
         }
     }
 }
@@ -435,6 +450,40 @@ impl Default for DistConfig {
     }
 }
 
+/// How the student is compared with the teacher ("Learning metrics from teachers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistillKind {
+    /// Mean ‖f_s − f_t‖₂ over the batch (same embedding dimension).
+    Absolute,
+    /// ‖D_s − D_t‖_F of the global batch's Euclidean distance matrices.
+    Relative,
+}
+
+/// `[distill]`: student–teacher distillation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistillConfig {
+    /// Run directory of the teacher (its `config.toml` and `model.safetensors`); empty
+    /// for no distillation.
+    pub teacher: String,
+    /// Absolute or relative teacher.
+    pub kind: DistillKind,
+    /// λ, the weight of the distillation term (official: absolute 1.0 / 1.5 / 2.0,
+    /// relative 0.3 / 0.1 / 1.0 on CUB / Cars / SOP).
+    pub weight: f64,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            teacher: String::new(),
+            kind: DistillKind::Relative,
+            weight: 1.0,
+        }
+    }
+}
+
 /// The whole configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -461,6 +510,8 @@ pub struct Config {
     pub eval: EvalConfig,
     /// `[dist]`
     pub dist: DistConfig,
+    /// `[distill]`
+    pub distill: DistillConfig,
 }
 
 /// Parses `value` as a TOML value (number, bool, array, quoted string); anything that
@@ -652,6 +703,30 @@ impl Config {
             return fail(
                 "eval.metric",
                 format!("is `{}`, allowed: {}", self.eval.metric, METRICS.join(", ")),
+            );
+        }
+        if !(self.loss.ce_smoothing >= 0.0 && self.loss.ce_smoothing < 1.0) {
+            return fail(
+                "loss.ce_smoothing",
+                format!("is {}, needs 0 ≤ ε < 1", self.loss.ce_smoothing),
+            );
+        }
+        if !(self.loss.ce_temperature > 0.0 && self.loss.ce_temperature.is_finite()) {
+            return fail(
+                "loss.ce_temperature",
+                format!("is {}, must be positive", self.loss.ce_temperature),
+            );
+        }
+        if !(self.loss.ce_weight >= 0.0 && self.loss.ce_weight.is_finite()) {
+            return fail(
+                "loss.ce_weight",
+                format!("is {}, must be finite and ≥ 0", self.loss.ce_weight),
+            );
+        }
+        if !(self.distill.weight >= 0.0 && self.distill.weight.is_finite()) {
+            return fail(
+                "distill.weight",
+                format!("is {}, must be finite and ≥ 0", self.distill.weight),
             );
         }
         if self.dist.bucket_mb <= 0.0 {

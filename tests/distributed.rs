@@ -54,7 +54,9 @@ fn invariance(loss: &[&str]) {
     );
     // The runs did move the weights: compare with the initialisation (step 0 is not
     // saved, so compare two different step counts instead).
-    train_local(&cfg, &tmp.path().join("w1b"), &["train.steps=1"]);
+    let mut one = loss.to_vec();
+    one.push("train.steps=1");
+    train_local(&cfg, &tmp.path().join("w1b"), &one);
     let moved = max_rel_diff(
         &tmp.path().join("w1/model.safetensors"),
         &tmp.path().join("w1b/model.safetensors"),
@@ -73,6 +75,25 @@ fn world_size_invariance_f64_triplet() {
 #[test]
 fn world_size_invariance_f64_multi_similarity() {
     invariance(&["loss.name=multi_similarity", "miner.name=multi_similarity"]);
+}
+
+/// Group Loss: the classifier lies after the gather, so its gradients are averaged
+/// while the trunk's and the projection's are summed.
+#[test]
+fn world_size_invariance_f64_group_loss() {
+    invariance(&["loss.name=group", "miner.name=none", "loss.group_anchors=1"]);
+}
+
+/// Distillation from a frozen teacher (a 1-step run): the relative term compares the
+/// global batch's distance matrices, so the teacher's embeddings are gathered too.
+#[test]
+fn world_size_invariance_f64_distillation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = data(tmp.path());
+    let cfg = small_config(tmp.path(), &d, "precision = \"f64\"\nseed = 3");
+    train_local(&cfg, &tmp.path().join("teacher"), &["train.steps=1"]);
+    let teacher = format!("distill.teacher={}", tmp.path().join("teacher").display());
+    invariance(&[&teacher, "distill.kind=relative", "distill.weight=0.5"]);
 }
 
 #[test]

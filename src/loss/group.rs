@@ -10,7 +10,7 @@
 use tch::Tensor;
 
 use super::stats::{count, StatsAcc};
-use super::{LossOutput, MetricLoss};
+use super::LossOutput;
 use crate::config::LossConfig;
 use crate::error::{Error, Result};
 
@@ -36,6 +36,14 @@ impl GroupLoss {
             iterations: c.group_iterations,
             ce_weight: c.group_ce_weight,
         }
+    }
+
+    /// A short name for logs.
+    pub fn name(&self) -> String {
+        format!(
+            "group(T={}, anchors={}, iterations={}, ce_weight={})",
+            self.temperature, self.anchors, self.iterations, self.ce_weight
+        )
     }
 
     /// `W = ReLU(corr(f))`, `[B, B]`.
@@ -136,22 +144,5 @@ impl GroupLoss {
             acc.finish(b)
         });
         Ok(LossOutput { loss, stats })
-    }
-}
-
-impl MetricLoss for GroupLoss {
-    fn compute(&self, _emb: &Tensor, _labels: &Tensor) -> Result<LossOutput> {
-        Err(Error::Config(
-            "loss.name = group needs class logits from a classifier head: the trainer must \
-             call GroupLoss::compute_with_logits(features, logits, labels)"
-                .into(),
-        ))
-    }
-
-    fn name(&self) -> String {
-        format!(
-            "group(T={}, anchors={}, iterations={}, ce_weight={})",
-            self.temperature, self.anchors, self.iterations, self.ce_weight
-        )
     }
 }

@@ -30,15 +30,19 @@ use crate::config::{LossConfig, LossName, MinerConfig, MinerName};
 use crate::error::{Error, Result};
 
 pub mod chunk;
+pub mod classification;
 pub mod distance;
+pub mod distill;
 pub mod group;
 pub mod multi_similarity;
+pub mod objective;
 pub mod stats;
 pub mod triplet;
 
 pub use distance::Distance;
 pub use group::GroupLoss;
 pub use multi_similarity::MultiSimilarityLoss;
+pub use objective::Objective;
 pub use stats::MiningStats;
 pub use triplet::{TripletLoss, TripletMiner};
 
@@ -60,12 +64,12 @@ pub struct LossOutput {
     pub stats: MiningStats,
 }
 
-/// Builds the loss and miner named by the config.
+/// Builds the metric loss and miner named by the config (the losses on embeddings
+/// alone; Group Loss also needs logits and is built by [`Objective::build`]).
 ///
 /// Combinations without a meaning are a [`Error::Config`] naming both keys:
 /// a triplet loss needs a triplet miner (`batch_hard`, `batch_all`, `semi_hard`,
-/// `none`), Multi-Similarity a pair miner (`multi_similarity`, `none`), Group Loss
-/// `none`.
+/// `none`), Multi-Similarity a pair miner (`multi_similarity`, `none`).
 ///
 /// ```no_run
 /// use dml::config::{LossConfig, MinerConfig};
@@ -126,17 +130,24 @@ pub fn build(loss: &LossConfig, miner: &MinerConfig) -> Result<Box<dyn MetricLos
                 epsilon,
             )))
         }
-        LossName::Group => {
-            if miner.name != MinerName::None {
-                return Err(Error::Config(format!(
-                    "miner.name = {} has no meaning for loss.name = group (Group Loss uses the \
-                     whole batch): use miner.name = none",
-                    miner_name(miner.name)
-                )));
-            }
-            Ok(Box::new(GroupLoss::from_config(loss)))
-        }
+        LossName::Group => Err(Error::Config(
+            "loss.name = group works on embeddings and classifier logits: build it with \
+             loss::Objective::build"
+                .into(),
+        )),
     }
+}
+
+/// Group Loss uses the whole batch: any miner but `none` is an error.
+fn validate_miner_for_group(miner: &MinerConfig) -> Result<()> {
+    if miner.name != MinerName::None {
+        return Err(Error::Config(format!(
+            "miner.name = {} has no meaning for loss.name = group (Group Loss uses the \
+             whole batch): use miner.name = none",
+            miner_name(miner.name)
+        )));
+    }
+    Ok(())
 }
 
 /// The config spelling of a miner name.

@@ -1,9 +1,12 @@
-//! Models: a trunk returning the last feature map, and a head producing the embedding.
+//! Models: a trunk returning the last feature map, and a head producing the embeddings.
 //!
-//! Model code knows nothing of ranks: [`Model::forward`] maps this rank's images to
-//! this rank's embeddings; the trainer gathers them.
+//! Model code knows nothing of ranks: [`Model::forward_local`] maps this rank's images
+//! to per-sample tensors, the trainer gathers them, and [`Model::forward_global`] maps
+//! the gathered global batch to embeddings and logits ([`head`] explains the split).
+//! [`Model::forward`] runs both halves on one batch (evaluation, embedding).
 pub mod densenet;
 pub mod efficientnet;
+pub mod head;
 pub mod inception_v3;
 pub mod layers;
 pub mod mobilenet_v2;
@@ -15,12 +18,14 @@ use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::config::{BnMode, HeadKind, ModelConfig};
+use crate::config::{BnMode, ModelConfig};
 use crate::error::{Error, Result};
 
+pub use head::{Head, HeadOutput, Pass};
 pub use trunk::Trunk;
 
-/// Trunk + head with its parameters in one `VarStore` (keys `trunk.*`, `head.*`).
+/// Trunk + head with its parameters in one `VarStore` (keys `trunk.*`, `head.*`; the
+/// head's parameters after the gather under `head.post.*`).
 ///
 /// ```no_run
 /// use dml::config::ModelConfig;
@@ -33,8 +38,9 @@ pub struct Model {
     /// All parameters and buffers.
     pub vs: nn::VarStore,
     trunk: Box<dyn Trunk>,
-    fc: Option<nn::Linear>,
+    head: Box<dyn Head>,
     bn: BnMode,
+    seed: u64,
     trainable: Vec<(String, Tensor)>,
 }
 
@@ -62,30 +68,7 @@ impl Model {
         let mut vs = nn::VarStore::new(device);
         let root = vs.root();
         let trunk = trunk::build(&(&root / "trunk"), &cfg.trunk, cfg.last_stride)?;
-        let fc = match cfg.head {
-            HeadKind::Linear => {
-                if cfg.embedding_dim == 0 {
-                    return Err(Error::Config("model.embedding_dim must be positive".into()));
-                }
-                // torch.nn.Linear's default: weight and bias uniform in ±1/√fan_in.
-                let bound = 1.0 / (trunk.out_channels() as f64).sqrt();
-                let init = nn::Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                };
-                Some(nn::linear(
-                    &root / "head" / "fc",
-                    trunk.out_channels() as i64,
-                    cfg.embedding_dim as i64,
-                    nn::LinearConfig {
-                        ws_init: init,
-                        bs_init: Some(init),
-                        bias: true,
-                    },
-                ))
-            }
-            HeadKind::Pool => None,
-        };
+        let head = head::build(&(&root / "head"), cfg, trunk.out_channels())?;
         if kind != Kind::Float {
             vs.set_kind(kind);
         }
@@ -105,7 +88,8 @@ impl Model {
                 );
             }
         }
-        let bn_prefixes = trunk.batchnorm_prefixes();
+        let mut bn_prefixes = trunk.batchnorm_prefixes();
+        bn_prefixes.extend(head.map_batchnorms());
         let mut trainable: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
@@ -122,27 +106,52 @@ impl Model {
         Ok(Model {
             vs,
             trunk,
-            fc,
+            head,
             bn: cfg.bn,
+            seed,
             trainable,
         })
     }
 
-    /// Embeddings of a batch of normalised images `[B, 3, H, W]`. `train` selects the
-    /// BatchNorm behaviour (batch statistics only with `model.bn = "train"`).
-    pub fn forward(&self, images: &Tensor, train: bool) -> Tensor {
-        let map = self.feature_map(images, train);
-        let pooled = map.mean_dim(&[2i64, 3][..], false, map.kind());
-        match &self.fc {
-            Some(fc) => {
-                let e = pooled.apply(fc);
-                let norm = e
-                    .norm_scalaropt_dim(2.0, &[1i64][..], true)
-                    .clamp_min(1e-12);
-                e / norm
-            }
-            None => pooled,
+    /// The pass of training step `step` (0-based), or evaluation for `None`.
+    pub fn pass(&self, step: Option<u64>) -> Pass {
+        match step {
+            Some(step) => Pass {
+                train: true,
+                bn_maps: self.bn == BnMode::Train,
+                key: [self.seed, step],
+            },
+            None => Pass::eval(),
         }
+    }
+
+    /// This rank's half: per-sample tensors `[b, d_i]` of normalised images
+    /// `[b, 3, H, W]`, to be all-gathered (training step `step`, or evaluation).
+    pub fn forward_local(&self, images: &Tensor, step: Option<u64>) -> Vec<Tensor> {
+        let pass = self.pass(step);
+        let map = self.trunk.forward(images, pass.bn_maps);
+        self.head.local(&map, pass)
+    }
+
+    /// The global half: embeddings, logits and test embedding of the gathered
+    /// per-sample tensors of [`Model::forward_local`].
+    pub fn forward_global(&self, parts: &[Tensor], step: Option<u64>) -> HeadOutput {
+        self.head.global(parts, self.pass(step))
+    }
+
+    /// Test embeddings of a batch of normalised images `[B, 3, H, W]`: both halves on
+    /// one batch. `train` runs them as in training step 0 (BatchNorm batch statistics
+    /// per `model.bn`), otherwise in evaluation mode.
+    pub fn forward(&self, images: &Tensor, train: bool) -> Tensor {
+        let step = train.then_some(0);
+        self.forward_global(&self.forward_local(images, step), step)
+            .test
+    }
+
+    /// True if the VarStore key `name` is a parameter after the gather (its gradient is
+    /// averaged across ranks, not summed).
+    pub fn after_gather(name: &str) -> bool {
+        name.starts_with(head::POST_GATHER)
     }
 
     /// The trunk's last feature map `[B, C, h, w]` of normalised images `[B, 3, H, W]`;
@@ -185,10 +194,7 @@ impl Model {
 
     /// Output dimension.
     pub fn embedding_dim(&self) -> usize {
-        match &self.fc {
-            Some(fc) => fc.ws.size()[0] as usize,
-            None => self.trunk.out_channels(),
-        }
+        self.head.dim()
     }
 
     /// Floating-point kind of the parameters.

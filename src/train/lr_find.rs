@@ -51,12 +51,15 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
         )));
     }
     let Setup {
+        cfg,
         train,
         sampler,
         model,
         objective,
+        teacher,
         ..
     } = setup(cfg, comm)?;
+    let cfg = &cfg;
     broadcast_model(&model, comm)?;
     let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
     let mut loader = TrainLoader::new(
@@ -66,22 +69,19 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
         0,
         ramp.steps as u64,
     )?;
-    let bucket = bucket_bytes(cfg);
+    let env = step::StepEnv {
+        model: &model,
+        objective: &objective,
+        comm,
+        teacher: teacher.as_ref(),
+        bucket_bytes: bucket_bytes(cfg),
+    };
     let mut points = Vec::new();
     let mut smooth = Smoother::new(0.9);
     while let Some(batch) = loader.try_next()? {
         let i = batch.step as usize;
         let lr = lr_range(ramp.start, ramp.end, ramp.steps, i);
-        let model_step = step::train_step(
-            &model,
-            objective.as_ref(),
-            comm,
-            &mut optim,
-            &batch,
-            lr,
-            bucket,
-            i + 1,
-        );
+        let model_step = step::train_step(&env, &mut optim, &batch, lr, i + 1, None);
         let loss = match model_step {
             Ok(out) => out.loss,
             Err(Error::Train(_)) => break, // a non-finite loss ends the ramp

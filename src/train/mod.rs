@@ -18,7 +18,7 @@ use crate::data::sampler::{rank_slice, Sampler};
 use crate::data::Dataset;
 use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
-use crate::loss::MetricLoss;
+use crate::loss::Objective;
 use crate::model::Model;
 use crate::optim::{learning_rate, Adam, ParamGroup, Swa};
 use checkpoint::LoopState;
@@ -36,13 +36,16 @@ use validate::Validation;
 pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<usize> {
     let rank = comm.rank();
     let Setup {
+        cfg,
         train,
         sampler,
         mut model,
         objective,
+        teacher,
         total,
         mut validation,
     } = setup(cfg, comm)?;
+    let cfg = &cfg;
     let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
     let mut swa = (cfg.swa.start > 0).then(|| Swa::new(model.trainable()));
     let mut start = 0;
@@ -67,20 +70,17 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
         total as u64,
     )?;
     let mut log = log::RunLog::open(run, rank, start, total)?;
-    let bucket = bucket_bytes(cfg);
     while let Some(batch) = loader.try_next()? {
         let step = batch.step as usize + 1; // optimiser steps completed after this one
         let lr = learning_rate(&cfg.lr, cfg.optim.lr, step - 1);
-        let out = step::train_step(
-            &model,
-            objective.as_ref(),
+        let env = step::StepEnv {
+            model: &model,
+            objective: &objective,
             comm,
-            &mut optim,
-            &batch,
-            lr,
-            bucket,
-            step,
-        )?;
+            teacher: teacher.as_ref(),
+            bucket_bytes: bucket_bytes(cfg),
+        };
+        let out = step::train_step(&env, &mut optim, &batch, lr, step, None)?;
         if let Some(avg) = swa.as_mut().filter(|_| Swa::should_average(&cfg.swa, step)) {
             avg.update(model.trainable())?;
         }
@@ -159,14 +159,18 @@ fn merge(into: &mut serde_json::Value, more: serde_json::Value) {
 
 /// What a run is built from, identically on every rank.
 pub struct Setup {
+    /// The config with the values resolved from the data (`model.classes`).
+    pub cfg: Config,
     /// The memory-mapped training split.
     pub train: Arc<Dataset>,
     /// The global N×K sampler.
     pub sampler: Sampler,
     /// The model, initialised from `train.seed`.
     pub model: Model,
-    /// Miner + loss over the gathered global batch.
-    pub objective: Box<dyn MetricLoss>,
+    /// The objective over the gathered global batch.
+    pub objective: Objective,
+    /// The frozen teacher of `distill.teacher`.
+    pub teacher: Option<Model>,
     /// Total steps of the run.
     pub total: usize,
     /// Evaluation during training (`eval.every` > 0).
@@ -186,18 +190,61 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
         0 => cfg.train.steps,
         e => e * sampler.batches_per_epoch(),
     };
+    let cfg = resolve_classes(cfg, &train);
     let device = crate::device::select(&cfg.train, comm.local_rank())?;
     let kind = crate::device::kind(cfg.train.precision, device)?;
     let model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
-    let objective = crate::loss::build(&cfg.loss, &cfg.miner)?;
+    let objective = Objective::build(&cfg)?;
+    let teacher = match cfg.distill.teacher.as_str() {
+        "" => None,
+        dir => Some(load_teacher(Path::new(dir), comm)?),
+    };
     Ok(Setup {
+        cfg,
         train,
         sampler,
         model,
         objective,
+        teacher,
         total,
         validation,
     })
+}
+
+/// `cfg` with `model.classes` taken from the training split when a classifier is
+/// needed (Group Loss) and none was given.
+fn resolve_classes(cfg: &Config, train: &Dataset) -> Config {
+    let mut cfg = cfg.clone();
+    let needs = cfg.loss.name == crate::config::LossName::Group;
+    if needs && cfg.model.classes == 0 {
+        cfg.model.classes = train
+            .labels()
+            .iter()
+            .map(|&l| l as usize + 1)
+            .max()
+            .unwrap_or(0);
+    }
+    cfg
+}
+
+/// The frozen teacher of a finished run directory: its `config.toml` and
+/// `model.safetensors`, on this rank's device.
+fn load_teacher(dir: &Path, comm: &dyn Comm) -> Result<Model> {
+    let config = dir.join("config.toml");
+    let weights = dir.join("model.safetensors");
+    if !weights.is_file() {
+        return Err(Error::Config(format!(
+            "distill.teacher = {}: {} does not exist; point it at a finished dml run",
+            dir.display(),
+            weights.display()
+        )));
+    }
+    let tcfg = Config::load(&config, &[])?;
+    let model = load_model(&tcfg, comm, &weights)?;
+    for (_, t) in model.named_variables() {
+        let _ = t.set_requires_grad(false);
+    }
+    Ok(model)
 }
 
 /// The training loader settings of this rank.

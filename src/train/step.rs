@@ -1,17 +1,34 @@
 //! One training step with exact gradients through the all-gather (DESIGN.md).
 //!
-//! Each rank embeds its slice, all-gathers detached copies into the global batch `E`,
-//! computes the whole objective on `E` (identical on every rank), takes `G = dL/dE`,
-//! back-propagates its own rows of `G` through its local graph, and the trunk and head
-//! gradients are summed across ranks.
+//! Each rank runs its half of the model ([`Model::forward_local`]) on its slice,
+//! all-gathers detached copies of the per-sample tensors into the global batch `E`
+//! (leaves that require grad), runs the head's global half and the whole objective on
+//! `E` (identical on every rank), and calls backward once: this fills the gradients of
+//! the parameters after the gather and `G = dL/dE`. It then back-propagates its own
+//! rows of `G` through its local graph. Gradients before the gather (trunk, local head)
+//! are summed across ranks, those after it averaged.
 use tch::Tensor;
 
 use crate::data::loader::Batch;
 use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
-use crate::loss::{MetricLoss, MiningStats};
+use crate::loss::{MiningStats, Objective};
 use crate::model::Model;
 use crate::optim::Adam;
+
+/// What every step works with besides the batch.
+pub struct StepEnv<'a> {
+    /// The model being trained.
+    pub model: &'a Model,
+    /// The objective over the global batch.
+    pub objective: &'a Objective,
+    /// The communicator.
+    pub comm: &'a dyn Comm,
+    /// A frozen teacher for distillation.
+    pub teacher: Option<&'a Model>,
+    /// Gradient all-reduce bucket size in bytes.
+    pub bucket_bytes: usize,
+}
 
 /// What one step produced.
 #[derive(Debug, Clone)]
@@ -22,60 +39,89 @@ pub struct StepOutput {
     pub stats: MiningStats,
 }
 
-/// Forward, global objective, and backward for one batch; leaves the summed gradients in
-/// the model's parameters (zero them before the next step). `step` only labels errors.
+/// Forward, global objective, and backward for one batch of step `step` (1-based);
+/// leaves the reduced gradients in the model's parameters (zero them before the next
+/// step). With `slice = Some((c, k))` (Divide and Conquer) the metric losses see slice
+/// `c` of `k` of every embedding.
 pub fn forward_backward(
-    model: &Model,
-    objective: &dyn MetricLoss,
-    comm: &dyn Comm,
+    env: &StepEnv,
     images: &Tensor,
     labels: &Tensor,
-    bucket_bytes: usize,
     step: usize,
+    slice: Option<(usize, usize)>,
 ) -> Result<StepOutput> {
-    let local = model.forward(images, true);
-    let rows = local.size()[0];
-    let global = comm.all_gather(&local.detach())?.set_requires_grad(true);
+    let (model, comm) = (env.model, env.comm);
+    let key = Some(step.saturating_sub(1) as u64);
+    let parts = model.forward_local(images, key);
+    let rows = images.size()[0];
+    let gathered = parts
+        .iter()
+        .map(|p| Ok(comm.all_gather(&p.detach())?.set_requires_grad(true)))
+        .collect::<Result<Vec<Tensor>>>()?;
     let global_labels = comm.all_gather(labels)?;
-    let out = objective.compute(&global, &global_labels)?;
-    let loss = out.loss.double_value(&[]);
+    let teacher = match env.teacher {
+        Some(t) => {
+            let e = tch::no_grad(|| t.forward(&images.to_kind(t.kind()), false));
+            Some(comm.all_gather(&e.to_kind(model.kind()))?)
+        }
+        None => None,
+    };
+    let mut out = model.forward_global(&gathered, key);
+    if let Some((c, k)) = slice {
+        out = out.slice(c, k)?;
+    }
+    let objective = env
+        .objective
+        .compute(&out, &global_labels, teacher.as_ref())?;
+    let loss = objective.loss.double_value(&[]);
     if !loss.is_finite() {
         return Err(Error::Train(format!(
             "loss is {loss} at step {step}; the last good checkpoint is kept. Lower optim.lr or check the data"
         )));
     }
-    let grads = Tensor::run_backward(&[&out.loss], &[&global], false, false);
-    let own = grads[0].narrow(0, comm.rank() as i64 * rows, rows);
-    (local * own).sum(model.kind()).backward();
-    let params: Vec<Tensor> = model
-        .trainable()
+    objective.loss.backward();
+    let own_rows = parts
         .iter()
-        .map(|(_, t)| t.shallow_clone())
-        .collect();
-    dist::all_reduce_grads(comm, &params, bucket_bytes)?;
+        .zip(&gathered)
+        .filter_map(|(p, g)| {
+            let grad = g.grad();
+            grad.defined()
+                .then(|| (p * grad.narrow(0, comm.rank() as i64 * rows, rows)).sum(model.kind()))
+        })
+        .reduce(|a, b| a + b);
+    if let Some(surrogate) = own_rows {
+        surrogate.backward();
+    }
+    let (mut pre, mut post) = (Vec::new(), Vec::new());
+    for (name, t) in model.trainable() {
+        match Model::after_gather(name) {
+            true => post.push(t.shallow_clone()),
+            false => pre.push(t.shallow_clone()),
+        }
+    }
+    dist::all_reduce_grads(comm, &pre, env.bucket_bytes)?;
+    dist::average_grads(comm, &post, env.bucket_bytes)?;
     Ok(StepOutput {
         loss,
-        stats: out.stats,
+        stats: objective.stats,
     })
 }
 
 /// One optimiser step on `batch` at learning rate `lr`: zero the gradients, move the batch
-/// to the model's device, [`forward_backward`], and update. `step` (1-based) labels errors.
-#[allow(clippy::too_many_arguments)]
+/// to the model's device, [`forward_backward`], and update. `step` is 1-based.
 pub fn train_step(
-    model: &Model,
-    objective: &dyn MetricLoss,
-    comm: &dyn Comm,
+    env: &StepEnv,
     optim: &mut Adam,
     batch: &Batch,
     lr: f64,
-    bucket_bytes: usize,
     step: usize,
+    slice: Option<(usize, usize)>,
 ) -> Result<StepOutput> {
     optim.zero_grad();
+    let model = env.model;
     let images = batch.to_tensor(model.device(), model.kind());
     let labels = Tensor::from_slice(&batch.labels).to_device(model.device());
-    let out = forward_backward(model, objective, comm, &images, &labels, bucket_bytes, step)?;
+    let out = forward_backward(env, &images, &labels, step, slice)?;
     optim.step(lr)?;
     Ok(out)
 }

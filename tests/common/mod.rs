@@ -108,3 +108,8 @@ pub fn max_rel_diff(a: &Path, b: &Path) -> f64 {
     }
     worst
 }
+
+/// The project venv's python (the oracles: torch, torchvision, PML, faiss).
+pub fn python() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"))
+}

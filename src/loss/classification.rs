@@ -1,0 +1,56 @@
+//! Cross-entropy with label smoothing and temperature, the classification term of the
+//! heads with a classifier (BFE's `CrossEntropyLabelSmooth`, CGD's
+//! `LabelSmoothingCrossEntropyLoss`).
+use tch::{Kind, Tensor};
+
+/// `mean_i [(1 − ε)·(−log p_i[y_i]) + ε·mean_c(−log p_i[c])]` with
+/// `p = softmax(logits / T)`; equal to
+/// `torch.nn.functional.cross_entropy(logits / T, y, label_smoothing=ε)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SmoothedCrossEntropy {
+    /// Label smoothing ε in `[0, 1)`.
+    pub smoothing: f64,
+    /// Temperature T > 0.
+    pub temperature: f64,
+}
+
+impl SmoothedCrossEntropy {
+    /// The mean loss of `logits` `[B, C]` against class indices `labels` `[B]`.
+    ///
+    /// ```
+    /// use dml::loss::classification::SmoothedCrossEntropy;
+    /// // Two classes, equal logits: −log ½ whatever ε.
+    /// let ce = SmoothedCrossEntropy { smoothing: 0.1, temperature: 0.5 };
+    /// let l = ce.compute(&tch::Tensor::zeros([1, 2], tch::kind::FLOAT_CPU), &tch::Tensor::from_slice(&[1i64]));
+    /// assert!((l.double_value(&[]) - 2f64.ln()).abs() < 1e-6);
+    /// ```
+    pub fn compute(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        let kind = logits.kind();
+        let logp = (logits / self.temperature).log_softmax(1, kind);
+        let nll = logp.nll_loss(labels);
+        if self.smoothing == 0.0 {
+            return nll;
+        }
+        let uniform = -logp.mean_dim([1i64].as_slice(), false, kind).mean(kind);
+        nll * (1.0 - self.smoothing) + uniform * self.smoothing
+    }
+}
+
+/// Checks that `labels` index the `classes` columns of a classifier.
+pub(crate) fn check_labels(labels: &Tensor, classes: i64) -> crate::Result<()> {
+    if labels.numel() == 0 {
+        return Ok(());
+    }
+    let (lo, hi) = (
+        labels.min().int64_value(&[]),
+        labels.max().to_kind(Kind::Int64).int64_value(&[]),
+    );
+    if lo < 0 || hi >= classes {
+        return Err(crate::Error::Config(format!(
+            "labels range over [{lo}, {hi}] but the classifier has {classes} classes: \
+             set model.classes to at least {} (or 0 to take it from data.train)",
+            hi + 1
+        )));
+    }
+    Ok(())
+}

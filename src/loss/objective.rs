@@ -1,0 +1,153 @@
+//! The whole training objective over a head's output on the global batch: the metric
+//! loss on every embedding, the cross-entropy of every classifier, Group Loss, and the
+//! distillation term.
+use tch::Tensor;
+
+use super::classification::{check_labels, SmoothedCrossEntropy};
+use super::distill::distillation;
+use super::{GroupLoss, LossOutput, MetricLoss};
+use crate::config::{Config, DistillKind, LossName};
+use crate::error::{Error, Result};
+use crate::model::HeadOutput;
+
+/// What the objective sums, built from the config.
+///
+/// * `loss.name = triplet | multi_similarity`: that loss (with its miner) on each of the
+///   head's embeddings, weight 1 each (BFE: per branch; HORDE: per order), plus
+///   `loss.ce_weight` × smoothed cross-entropy on each classifier's logits;
+/// * `loss.name = group`: Group Loss on the first embedding with the first logits as
+///   priors (its own cross-entropy term included), the other terms as above;
+/// * with `distill.teacher`: `distill.weight` × the distillation term between the test
+///   embedding and the teacher's embedding of the same global batch.
+///
+/// Mining statistics are those of the first embedding's term.
+///
+/// ```
+/// let cfg = dml::config::Config::default();
+/// let objective = dml::loss::Objective::build(&cfg)?;
+/// let e = tch::Tensor::randn([4, 3], tch::kind::FLOAT_CPU).set_requires_grad(true);
+/// let out = dml::model::HeadOutput { embeddings: vec![e.shallow_clone()], logits: vec![], test: e };
+/// let labels = tch::Tensor::from_slice(&[0i64, 0, 1, 1]);
+/// let l = objective.compute(&out, &labels, None)?;
+/// l.loss.backward();
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub struct Objective {
+    metric: Option<Box<dyn MetricLoss>>,
+    group: Option<GroupLoss>,
+    ce: SmoothedCrossEntropy,
+    ce_weight: f64,
+    distill: Option<(DistillKind, f64)>,
+}
+
+impl std::fmt::Debug for Objective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl Objective {
+    /// The objective of `cfg` (loss, miner, classification and distillation keys).
+    pub fn build(cfg: &Config) -> Result<Objective> {
+        let (metric, group) = match cfg.loss.name {
+            LossName::Group => {
+                super::validate_miner_for_group(&cfg.miner)?;
+                super::validate(&cfg.loss, &cfg.miner)?;
+                (None, Some(GroupLoss::from_config(&cfg.loss)))
+            }
+            _ => (Some(super::build(&cfg.loss, &cfg.miner)?), None),
+        };
+        let distill =
+            (!cfg.distill.teacher.is_empty()).then_some((cfg.distill.kind, cfg.distill.weight));
+        Ok(Objective {
+            metric,
+            group,
+            ce: SmoothedCrossEntropy {
+                smoothing: cfg.loss.ce_smoothing,
+                temperature: cfg.loss.ce_temperature,
+            },
+            ce_weight: cfg.loss.ce_weight,
+            distill,
+        })
+    }
+
+    /// True when the objective needs classifier logits (Group Loss).
+    pub fn needs_logits(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// True when the objective needs the teacher's embeddings.
+    pub fn needs_teacher(&self) -> bool {
+        self.distill.is_some()
+    }
+
+    /// The objective on a head's output `out` over the global batch with `labels` `[B]`
+    /// and, for distillation, the teacher's embeddings `teacher` `[B, D_t]`.
+    pub fn compute(
+        &self,
+        out: &HeadOutput,
+        labels: &Tensor,
+        teacher: Option<&Tensor>,
+    ) -> Result<LossOutput> {
+        let mut terms: Vec<Tensor> = Vec::new();
+        let mut stats = None;
+        let mut logits = out.logits.iter();
+        if let Some(g) = &self.group {
+            let (f, l) = match (out.embeddings.first(), logits.next()) {
+                (Some(f), Some(l)) => (f, l),
+                _ => {
+                    return Err(Error::Config(
+                        "loss.name = group needs a classifier: set model.classes (0 takes the \
+                         number of classes of data.train)"
+                            .into(),
+                    ))
+                }
+            };
+            let lo = g.compute_with_logits(f, l, labels)?;
+            terms.push(lo.loss);
+            stats = Some(lo.stats);
+        }
+        if let Some(m) = &self.metric {
+            for e in &out.embeddings {
+                let lo = m.compute(e, labels)?;
+                terms.push(lo.loss);
+                stats.get_or_insert(lo.stats);
+            }
+        }
+        if self.ce_weight > 0.0 {
+            for l in logits {
+                check_labels(labels, l.size()[1])?;
+                terms.push(self.ce.compute(l, labels) * self.ce_weight);
+            }
+        }
+        if let Some((kind, weight)) = self.distill {
+            let t = teacher.ok_or_else(|| {
+                Error::Train("distillation: no teacher embeddings were given".into())
+            })?;
+            terms.push(distillation(kind, &out.test, t)? * weight);
+        }
+        let loss = terms
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .ok_or_else(|| Error::Config("the objective has no term".into()))?;
+        Ok(LossOutput {
+            loss,
+            stats: stats.unwrap_or_default(),
+        })
+    }
+
+    /// A short description for logs.
+    pub fn name(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(g) = &self.group {
+            parts.push(g.name());
+        }
+        if let Some(m) = &self.metric {
+            parts.push(m.name());
+        }
+        if let Some((k, w)) = self.distill {
+            parts.push(format!("{w} × distill({k:?})"));
+        }
+        parts.join(" + ")
+    }
+}

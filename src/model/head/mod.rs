@@ -1,0 +1,149 @@
+//! Heads: what turns the trunk's feature map into embeddings (and logits).
+//!
+//! A head has two halves around the all-gather (DESIGN.md, "Exact gradients through
+//! the all-gather"):
+//! * [`Head::local`] maps this rank's feature map `[b, C, h, w]` to per-sample tensors
+//!   `[b, d_i]` — everything that acts on feature maps (pooling, HORDE's projections,
+//!   BFE's erasing branch). Its parameters live under `head.*` and their gradients are
+//!   **summed** across ranks, like the trunk's.
+//! * [`Head::global`] maps the gathered per-sample tensors of the **global** batch to
+//!   the embeddings the losses see, the classifier logits and the test embedding —
+//!   everything after the last per-sample tensor (BatchNorm over vectors, classifiers).
+//!   Its parameters live under `head.post.*`, are computed identically on every rank,
+//!   and their gradients are **averaged**.
+//!
+//! Model code knows nothing of ranks: outside training (evaluation, embedding) the two
+//! halves simply run back to back on one batch.
+use tch::{nn, Tensor};
+
+use crate::config::{HeadKind, ModelConfig};
+use crate::error::{Error, Result};
+
+mod basic;
+pub mod classifier;
+
+pub use basic::{LinearHead, PoolHead};
+pub use classifier::Classifier;
+
+/// VarStore prefix of the parameters that act after the gather.
+pub const POST_GATHER: &str = "head.post.";
+
+/// How a forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Training (BatchNorm over vectors uses batch statistics; random erasing is on) or
+    /// evaluation.
+    pub train: bool,
+    /// BatchNorm on feature maps uses batch statistics (training with `model.bn = "train"`).
+    pub bn_maps: bool,
+    /// Key of anything random that must agree over the global batch: `(train.seed, step)`.
+    pub key: [u64; 2],
+}
+
+impl Pass {
+    /// Evaluation: running statistics everywhere, nothing random.
+    pub fn eval() -> Pass {
+        Pass {
+            train: false,
+            bn_maps: false,
+            key: [0, 0],
+        }
+    }
+}
+
+/// A head's output on a (global) batch.
+#[derive(Debug)]
+pub struct HeadOutput {
+    /// The embeddings that each get the metric loss, `[B, D_i]` (one for the plain
+    /// heads; one per branch for BFE, one per order for HORDE).
+    pub embeddings: Vec<Tensor>,
+    /// Classifier logits `[B, classes]`, each with a cross-entropy term (Group Loss uses
+    /// the first as its priors).
+    pub logits: Vec<Tensor>,
+    /// The embedding used at test time, `[B, dim]`.
+    pub test: Tensor,
+}
+
+impl HeadOutput {
+    /// Divide and Conquer: every embedding restricted to slice `c` of `k` equal slices
+    /// of its dimensions, L2-normalised again (CompVis/metric-learning-divide-and-conquer,
+    /// lib/model.py). `k = 1` leaves the output unchanged.
+    pub fn slice(self, c: usize, k: usize) -> Result<HeadOutput> {
+        if k <= 1 {
+            return Ok(self);
+        }
+        let embeddings = self
+            .embeddings
+            .iter()
+            .map(|e| {
+                let d = e.size()[1] as usize;
+                if d % k != 0 || c >= k {
+                    return Err(Error::Config(format!(
+                        "dnc.clusters = {k} must divide the embedding dimension {d}"
+                    )));
+                }
+                let w = (d / k) as i64;
+                Ok(crate::loss::distance::normalize(&e.narrow(
+                    1,
+                    c as i64 * w,
+                    w,
+                )))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(HeadOutput {
+            embeddings,
+            logits: self.logits,
+            test: self.test,
+        })
+    }
+}
+
+/// The head of a model; see the module documentation for the two halves.
+pub trait Head: std::fmt::Debug {
+    /// Per-sample tensors `[b, d_i]` of this rank's feature map `map` `[b, C, h, w]`.
+    fn local(&self, map: &Tensor, pass: Pass) -> Vec<Tensor>;
+    /// Embeddings, logits and test embedding of the gathered per-sample tensors.
+    fn global(&self, parts: &[Tensor], pass: Pass) -> HeadOutput;
+    /// Dimension of the test embedding.
+    fn dim(&self) -> usize;
+    /// VarStore paths of the BatchNorm layers on feature maps (frozen with
+    /// `model.bn = "frozen"`, like the trunk's).
+    fn map_batchnorms(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Builds the head of `cfg` under `p` (`head`) on a trunk with `channels` output
+/// channels.
+///
+/// ```
+/// use tch::{nn, Device, Kind, Tensor};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let cfg = dml::config::ModelConfig { embedding_dim: 8, ..Default::default() };
+/// let head = dml::model::head::build(&(vs.root() / "head"), &cfg, 16)?;
+/// let map = Tensor::randn([4, 16, 3, 3], (Kind::Float, Device::Cpu));
+/// let pass = dml::model::head::Pass::eval();
+/// let out = head.global(&head.local(&map, pass), pass);
+/// assert_eq!(out.test.size(), vec![4, 8]);
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub fn build(p: &nn::Path, cfg: &ModelConfig, channels: usize) -> Result<Box<dyn Head>> {
+    let classifier = |dim: usize| {
+        (cfg.classes > 0)
+            .then(|| Classifier::new(&(p / "post" / "classifier"), dim, cfg.classes, true))
+    };
+    match cfg.head {
+        HeadKind::Linear => {
+            if cfg.embedding_dim == 0 {
+                return Err(Error::Config("model.embedding_dim must be positive".into()));
+            }
+            Ok(Box::new(LinearHead::new(
+                p,
+                channels,
+                cfg.embedding_dim,
+                classifier(cfg.embedding_dim),
+            )))
+        }
+        HeadKind::Pool => Ok(Box::new(PoolHead::new(channels, classifier(channels)))),
+    }
+}
