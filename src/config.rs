@@ -88,6 +88,12 @@ pub enum HeadKind {
     /// Pooled trunk features, no projection or normalisation (untrained baseline, and
     /// Group Loss's features).
     Pool,
+    /// Batch Feature Erasing (Dai et al. 2019): a global and an erasing branch.
+    Bfe,
+    /// Combination of Global Descriptors (Jun et al. 2019).
+    Cgd,
+    /// HORDE high-order regularizer (Jacob et al. 2019).
+    Horde,
 }
 
 /// `[model]`: trunk and head.
@@ -110,6 +116,20 @@ pub struct ModelConfig {
     pub last_stride: usize,
     /// Channels-last memory format on CUDA.
     pub channels_last: bool,
+    /// BFE: height and width of the erased rectangle as fractions of the feature map
+    /// (official: 0.5 × 0.5 for CUB, Cars, SOP, In-Shop; 0.33 × 1.0 for re-ID).
+    pub bfe_erase: [f64; 2],
+    /// CGD: the global descriptors, in order, from `S` (average), `M` (max) and `G`
+    /// (GeM); `model.embedding_dim` is split evenly between them.
+    pub cgd_descriptors: String,
+    /// CGD: the GeM exponent p.
+    pub gem_p: f64,
+    /// HORDE: the highest moment order (orders 2 … `horde_order` regularise; official 5).
+    pub horde_order: usize,
+    /// HORDE: dimension of the high-order projections (official 8192).
+    pub horde_dim: usize,
+    /// HORDE: learned projections (true) or fixed ±1 random Maclaurin projections.
+    pub horde_learned: bool,
     /// Training classes of the classifier that Group Loss (and the heads with an
     /// auxiliary classifier) need; 0 = none, or, when one is needed, the number of
     /// labels of `data.train` (the resolved value is written to `RUN/config.toml`).
@@ -127,6 +147,12 @@ impl Default for ModelConfig {
             head: HeadKind::Linear,
             last_stride: 2,
             channels_last: false,
+            bfe_erase: [0.5, 0.5],
+            cgd_descriptors: "SG".into(),
+            gem_p: 3.0,
+            horde_order: 5,
+            horde_dim: 8192,
+            horde_learned: true,
             classes: 0,
         }
     }

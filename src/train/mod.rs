@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::config::Config;
+use crate::config::{Config, HeadKind};
 use crate::data::loader::{TrainLoader, TrainLoaderOptions};
 use crate::data::sampler::{rank_slice, Sampler};
 use crate::data::Dataset;
@@ -212,10 +212,11 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
 }
 
 /// `cfg` with `model.classes` taken from the training split when a classifier is
-/// needed (Group Loss) and none was given.
+/// needed (Group Loss, the BFE and CGD heads) and none was given.
 fn resolve_classes(cfg: &Config, train: &Dataset) -> Config {
     let mut cfg = cfg.clone();
-    let needs = cfg.loss.name == crate::config::LossName::Group;
+    let needs = cfg.loss.name == crate::config::LossName::Group
+        || matches!(cfg.model.head, HeadKind::Bfe | HeadKind::Cgd);
     if needs && cfg.model.classes == 0 {
         cfg.model.classes = train
             .labels()

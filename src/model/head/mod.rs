@@ -145,5 +145,9 @@ pub fn build(p: &nn::Path, cfg: &ModelConfig, channels: usize) -> Result<Box<dyn
             )))
         }
         HeadKind::Pool => Ok(Box::new(PoolHead::new(channels, classifier(channels)))),
+        HeadKind::Bfe | HeadKind::Cgd | HeadKind::Horde => Err(Error::Config(format!(
+            "model.head = {:?} is not in this build yet; use linear or pool",
+            cfg.head
+        ))),
     }
 }
