@@ -272,3 +272,58 @@ fn reality_check_trains_four_folds_and_reports_each_and_the_concatenation() {
     assert_eq!(md.lines().filter(|l| l.starts_with("| fold ")).count(), 4);
     assert!(md.contains("| concatenated | 128 |"));
 }
+
+/// SWA with `model.bn = "train"`: the saved model carries BatchNorm statistics
+/// re-estimated over one epoch for the averaged weights (torch's `update_bn`, whose
+/// arithmetic tests/optim_parity.rs checks against torch). Re-estimating again on the
+/// saved weights must reproduce the saved statistics exactly, and they must differ from
+/// the statistics the last training step left.
+#[test]
+fn swa_with_training_batchnorm_saves_reestimated_statistics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 8, 6, 36);
+    let cfg_path = small_config(tmp.path(), &data, "");
+    let run = tmp.path().join("run");
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["train", "--config"])
+        .arg(&cfg_path)
+        .args([
+            "--set",
+            "model.bn=train",
+            "--set",
+            "swa.start=3",
+            "--set",
+            "swa.every=1",
+            "--set",
+            "train.steps=5",
+        ])
+        .arg("--out")
+        .arg(&run);
+    ok(c);
+    let cfg = Config::load(&run.join("config.toml"), &[]).unwrap();
+    let comm = dml::dist::local::Local;
+    let s = dml::train::setup(&cfg, &comm).unwrap();
+    let mut model = s.model;
+    model.load(&run.join("model.safetensors")).unwrap();
+    let saved: Vec<(String, tch::Tensor)> = model
+        .map_batchnorm_buffers()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
+    assert!(saved.len() >= 2 * 20, "{} BatchNorm buffers", saved.len());
+    dml::train::bn_update::reestimate_bn(&model, &cfg, &comm, s.train, s.sampler).unwrap();
+    for ((name, want), (_, got)) in saved.iter().zip(model.map_batchnorm_buffers()) {
+        let d = (&got - want).abs().max().double_value(&[]);
+        assert!(d <= 1e-6, "{name}: re-estimated again differs by {d}");
+    }
+    let last_step = read_weights(&run.join("checkpoints/step-5/model.safetensors"));
+    let (name, stale) = last_step
+        .iter()
+        .find(|(n, _)| n == "trunk.bn1.running_mean")
+        .unwrap();
+    let now = &saved.iter().find(|(n, _)| n == name).unwrap().1;
+    let d = (now - stale).abs().max().double_value(&[]);
+    assert!(d > 1e-4, "{name} was not re-estimated ({d})");
+}

@@ -134,12 +134,42 @@ pub fn path_name(p: &nn::Path) -> String {
 
 /// A BatchNorm2d with weight 1, bias 0, running statistics as buffers.
 #[derive(Debug)]
-pub struct Bn(nn::BatchNorm);
+pub struct Bn {
+    bn: nn::BatchNorm,
+    eps: f64,
+}
+
+thread_local! {
+    /// The momentum every [`Bn`] of this thread uses in training mode instead of its
+    /// own, while [`with_bn_momentum`] runs.
+    static MOMENTUM_OVERRIDE: std::cell::Cell<Option<f64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with every [`Bn`] in training mode updating its running statistics with
+/// `momentum` instead of its own (what `torch.optim.swa_utils.update_bn` does by setting
+/// `momentum = None`, a cumulative average).
+///
+/// ```
+/// use tch::{nn, Device, Kind, Tensor};
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let bn = dml::model::layers::bn(&vs.root(), 2, 1e-5, 0.1, &mut vec![]);
+/// let x = Tensor::randn([4, 2, 3, 3], (Kind::Float, Device::Cpu));
+/// let _ = dml::model::layers::with_bn_momentum(1.0, || bn.forward(&x, true));
+/// // Momentum 1: the running mean is this batch's mean.
+/// let mean = x.mean_dim([0i64, 2, 3].as_slice(), false, Kind::Float);
+/// assert!(vs.variables()["running_mean"].allclose(&mean, 1e-6, 1e-6, false));
+/// ```
+pub fn with_bn_momentum<T>(momentum: f64, f: impl FnOnce() -> T) -> T {
+    let old = MOMENTUM_OVERRIDE.with(|m| m.replace(Some(momentum)));
+    let out = f();
+    MOMENTUM_OVERRIDE.with(|m| m.set(old));
+    out
+}
 
 /// Builds a BatchNorm2d under `p` with `eps` and `momentum`, and records its path in `bns`.
 pub fn bn(p: &nn::Path, c: i64, eps: f64, momentum: f64, bns: &mut Vec<String>) -> Bn {
     bns.push(path_name(p));
-    Bn(nn::batch_norm2d(
+    let bn = nn::batch_norm2d(
         p,
         c,
         nn::BatchNormConfig {
@@ -149,13 +179,27 @@ pub fn bn(p: &nn::Path, c: i64, eps: f64, momentum: f64, bns: &mut Vec<String>) 
             bs_init: nn::Init::Const(0.),
             ..Default::default()
         },
-    ))
+    );
+    Bn { bn, eps }
 }
 
 impl Bn {
     /// Batch statistics (updating the running ones) when `train`, running statistics otherwise.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.0.forward_t(x, train)
+        match MOMENTUM_OVERRIDE.with(|m| m.get()).filter(|_| train) {
+            None => self.bn.forward_t(x, train),
+            Some(momentum) => Tensor::batch_norm(
+                x,
+                self.bn.ws.as_ref(),
+                self.bn.bs.as_ref(),
+                Some(&self.bn.running_mean),
+                Some(&self.bn.running_var),
+                true,
+                momentum,
+                self.eps,
+                true,
+            ),
+        }
     }
 }
 

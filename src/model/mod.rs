@@ -41,6 +41,7 @@ pub struct Model {
     head: Box<dyn Head>,
     bn: BnMode,
     seed: u64,
+    map_bns: Vec<String>,
     trainable: Vec<(String, Tensor)>,
 }
 
@@ -109,6 +110,7 @@ impl Model {
             head,
             bn: cfg.bn,
             seed,
+            map_bns: bn_prefixes,
             trainable,
         })
     }
@@ -205,6 +207,16 @@ impl Model {
     /// Device of the parameters.
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+
+    /// The running statistics (`running_mean`, `running_var`) of every BatchNorm on
+    /// feature maps (trunk and head), by name, sorted.
+    pub fn map_batchnorm_buffers(&self) -> Vec<(String, Tensor)> {
+        self.named_variables()
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(".running_mean") || n.ends_with(".running_var"))
+            .filter(|(n, _)| in_batchnorm(n, &self.map_bns))
+            .collect()
     }
 
     /// Every variable (parameters and BatchNorm buffers) by name, sorted.

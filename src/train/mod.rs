@@ -1,5 +1,6 @@
 //! The training loop, top to bottom. Rank 0 owns every side effect (config, metrics,
 //! checkpoints, progress); every rank runs the same steps on its slice of the batch.
+pub mod bn_update;
 pub mod checkpoint;
 pub mod log;
 pub mod lr_find;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::config::{Config, HeadKind};
+use crate::config::{BnMode, Config, HeadKind};
 use crate::data::loader::{TrainLoader, TrainLoaderOptions};
 use crate::data::sampler::{rank_slice, Sampler};
 use crate::data::Dataset;
@@ -112,6 +113,9 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
     log.finish();
     if let Some(avg) = swa.as_ref().filter(|a| a.n_averaged() > 0) {
         model.set_trainable(avg.averaged())?;
+        if cfg.model.bn == BnMode::Train {
+            bn_update::reestimate_bn(&model, cfg, comm, train.clone(), sampler.clone())?;
+        }
     }
     if rank == 0 {
         model.save(&run.join("model.safetensors"))?;
