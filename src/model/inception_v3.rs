@@ -55,7 +55,7 @@ impl Chain {
 #[derive(Debug)]
 enum Pool {
     /// avg_pool 3×3 stride 1 pad 1, then a 1×1 BasicConv2d.
-    AvgConv(ConvBnAct),
+    AvgConv(Box<ConvBnAct>),
     /// max_pool 3×3 stride 2.
     Max,
 }
@@ -109,7 +109,16 @@ fn inception_a(p: &nn::Path, cin: i64, pool_features: i64, bns: &mut Vec<String>
         basic(p, "branch3x3dbl_2", 64, 96, K3, 1, P1, bns),
         basic(p, "branch3x3dbl_3", 96, 96, K3, 1, P1, bns),
     ]);
-    let pool = Pool::AvgConv(basic(p, "branch_pool", cin, pool_features, K1, 1, P0, bns));
+    let pool = Pool::AvgConv(Box::new(basic(
+        p,
+        "branch_pool",
+        cin,
+        pool_features,
+        K1,
+        1,
+        P0,
+        bns,
+    )));
     Mixed {
         branches: vec![(b1, None), (b5, None), (b3, None)],
         pool,
@@ -144,7 +153,7 @@ fn inception_c(p: &nn::Path, cin: i64, c7: i64, bns: &mut Vec<String>) -> Mixed 
         basic(p, "branch7x7dbl_4", c7, c7, k71, 1, p71, bns),
         basic(p, "branch7x7dbl_5", c7, 192, k17, 1, p17, bns),
     ]);
-    let pool = Pool::AvgConv(basic(p, "branch_pool", cin, 192, K1, 1, P0, bns));
+    let pool = Pool::AvgConv(Box::new(basic(p, "branch_pool", cin, 192, K1, 1, P0, bns)));
     Mixed {
         branches: vec![(b1, None), (b7, None), (bd, None)],
         pool,
@@ -184,7 +193,7 @@ fn inception_e(p: &nn::Path, cin: i64, bns: &mut Vec<String>) -> Mixed {
         basic(p, "branch3x3dbl_3a", 384, 384, k13, 1, p13, bns),
         basic(p, "branch3x3dbl_3b", 384, 384, k31, 1, p31, bns),
     );
-    let pool = Pool::AvgConv(basic(p, "branch_pool", cin, 192, K1, 1, P0, bns));
+    let pool = Pool::AvgConv(Box::new(basic(p, "branch_pool", cin, 192, K1, 1, P0, bns)));
     Mixed {
         branches: vec![(b1, None), (b3, Some(b3s)), (bd, Some(bds))],
         pool,
