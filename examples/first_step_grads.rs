@@ -37,6 +37,7 @@ fn main() -> Result<()> {
         comm: comm.as_ref(),
         teacher: s.teacher.as_ref(),
         bucket_bytes: (cfg.dist.bucket_mb * (1 << 20) as f64) as usize,
+        autocast: false,
     };
     let out_step = forward_backward(&env, &images, &labels, 1, None)?;
     if comm.rank() == 0 {

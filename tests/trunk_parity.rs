@@ -361,3 +361,39 @@ fn batchnorm_prefixes_and_last_stride() {
     assert!(trunk::build(&vs.root(), "densenet121", 1).is_err());
     assert!(trunk::build(&vs.root(), "resnet18", 3).is_err());
 }
+
+/// `model.channels_last`: weights and inputs in NHWC memory order give the same
+/// embeddings and gradients as the default layout (CPU convolutions support both; on
+/// CUDA it selects cuDNN's NHWC kernels).
+#[test]
+fn channels_last_gives_the_same_embeddings_and_gradients() {
+    tch::set_num_threads(1);
+    let x = locked(|| Tensor::randn([4, 3, 64, 64], (Kind::Float, Device::Cpu)));
+    let base = ModelConfig {
+        embedding_dim: 16,
+        ..ModelConfig::default()
+    };
+    let nhwc = ModelConfig {
+        channels_last: true,
+        ..base.clone()
+    };
+    let (a, b) = (
+        new_model(&base, Kind::Float, 5).unwrap(),
+        new_model(&nhwc, Kind::Float, 5).unwrap(),
+    );
+    let w = b.vs.variables()["trunk.layer1.0.conv1.weight"].shallow_clone();
+    assert_eq!(w.stride()[1], 1, "weights are stored channels-last");
+    let (ea, eb) = (a.forward(&x, false), b.forward(&x, false));
+    let de = (&ea - &eb).abs().max().double_value(&[]);
+    assert!(de < 1e-5, "embeddings differ by {de}");
+    // A loss with a non-zero gradient (the squared norm of unit vectors would have none).
+    let target = locked(|| Tensor::randn([4, 16], (Kind::Float, Device::Cpu)));
+    (&ea * &target).sum(Kind::Float).backward();
+    (&eb * &target).sum(Kind::Float).backward();
+    for name in ["head.fc.weight", "trunk.layer4.1.conv2.weight"] {
+        let g = |m: &Model| m.vs.variables()[name].grad();
+        let d = (g(&a) - g(&b)).abs().max().double_value(&[]);
+        let scale = g(&a).abs().max().double_value(&[]);
+        assert!(d <= 1e-3 * scale, "{name}: gradient differs by {d} (scale {scale})");
+    }
+}

@@ -42,7 +42,24 @@ pub struct Model {
     bn: BnMode,
     seed: u64,
     map_bns: Vec<String>,
+    channels_last: bool,
     trainable: Vec<(String, Tensor)>,
+}
+
+/// The same 4-d tensor `[N, C, H, W]` stored channels-last (NHWC strides), what
+/// `x.contiguous(memory_format=torch.channels_last)` gives; other tensors unchanged.
+///
+/// ```
+/// let x = tch::Tensor::randn([2, 3, 4, 5], tch::kind::FLOAT_CPU);
+/// let y = dml::model::channels_last(&x);
+/// assert_eq!(y.stride(), vec![60, 1, 15, 3]);
+/// assert!(y.equal(&x));
+/// ```
+pub fn channels_last(x: &Tensor) -> Tensor {
+    if x.dim() != 4 {
+        return x.shallow_clone();
+    }
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 impl std::fmt::Debug for Model {
@@ -89,6 +106,15 @@ impl Model {
                 );
             }
         }
+        if cfg.channels_last {
+            tch::no_grad(|| {
+                for (_, mut v) in vs.variables() {
+                    if v.dim() == 4 {
+                        v.set_data(&channels_last(&v));
+                    }
+                }
+            });
+        }
         let mut bn_prefixes = trunk.batchnorm_prefixes();
         bn_prefixes.extend(head.map_batchnorms());
         let mut trainable: Vec<(String, Tensor)> = vs
@@ -111,6 +137,7 @@ impl Model {
             bn: cfg.bn,
             seed,
             map_bns: bn_prefixes,
+            channels_last: cfg.channels_last,
             trainable,
         })
     }
@@ -131,7 +158,10 @@ impl Model {
     /// `[b, 3, H, W]`, to be all-gathered (training step `step`, or evaluation).
     pub fn forward_local(&self, images: &Tensor, step: Option<u64>) -> Vec<Tensor> {
         let pass = self.pass(step);
-        let map = self.trunk.forward(images, pass.bn_maps);
+        let map = match self.channels_last {
+            true => self.trunk.forward(&channels_last(images), pass.bn_maps),
+            false => self.trunk.forward(images, pass.bn_maps),
+        };
         self.head.local(&map, pass)
     }
 

@@ -7,7 +7,9 @@ use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::optim::{lr_range, Adam};
 
-use super::{broadcast_model, bucket_bytes, loader_options, param_groups, setup, step, Setup};
+use super::{
+    broadcast_model, bucket_bytes, loader_options, param_groups, setup, step, use_autocast, Setup,
+};
 
 /// The ramp of an LR range test.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +77,7 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
         comm,
         teacher: teacher.as_ref(),
         bucket_bytes: bucket_bytes(cfg),
+        autocast: use_autocast(cfg, &model),
     };
     let mut points = Vec::new();
     let mut smooth = Smoother::new(0.9);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::config::{BnMode, Config, HeadKind};
+use crate::config::{BnMode, Config, HeadKind, Precision};
 use crate::data::loader::{TrainLoader, TrainLoaderOptions};
 use crate::data::sampler::{rank_slice, Sampler};
 use crate::data::Dataset;
@@ -80,6 +80,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
             comm,
             teacher: teacher.as_ref(),
             bucket_bytes: bucket_bytes(cfg),
+            autocast: use_autocast(cfg, &model),
         };
         let out = step::train_step(&env, &mut optim, &batch, lr, step, None)?;
         if let Some(avg) = swa.as_mut().filter(|_| Swa::should_average(&cfg.swa, step)) {
@@ -130,6 +131,16 @@ fn broadcast_model(model: &Model, comm: &dyn Comm) -> Result<()> {
         comm.broadcast(&mut var, 0)?;
     }
     Ok(())
+}
+
+/// True for `train.precision = "bf16"` on CUDA; sets CUDA autocast to bfloat16 on
+/// this thread.
+fn use_autocast(cfg: &Config, model: &Model) -> bool {
+    let on = cfg.train.precision == Precision::Bf16 && model.device().is_cuda();
+    if on {
+        crate::sys::set_cuda_autocast_bf16(true);
+    }
+    on
 }
 
 /// `dist.bucket_mb` in bytes.

@@ -28,6 +28,10 @@ pub struct StepEnv<'a> {
     pub teacher: Option<&'a Model>,
     /// Gradient all-reduce bucket size in bytes.
     pub bucket_bytes: usize,
+    /// Run this rank's half of the model under CUDA autocast (`train.precision = "bf16"`;
+    /// the dtype is set by [`crate::sys::set_cuda_autocast_bf16`]). The per-sample
+    /// tensors are cast back to the parameters' kind before the gather.
+    pub autocast: bool,
 }
 
 /// What one step produced.
@@ -52,7 +56,13 @@ pub fn forward_backward(
 ) -> Result<StepOutput> {
     let (model, comm) = (env.model, env.comm);
     let key = Some(step.saturating_sub(1) as u64);
-    let parts = model.forward_local(images, key);
+    let parts: Vec<Tensor> = tch::autocast(env.autocast, || model.forward_local(images, key))
+        .into_iter()
+        .map(|p| match p.kind() == model.kind() {
+            true => p,
+            false => p.to_kind(model.kind()),
+        })
+        .collect();
     let rows = images.size()[0];
     let gathered = parts
         .iter()
