@@ -26,7 +26,7 @@ fn tool() -> PathBuf {
 }
 
 /// (arch, input size, last_stride) of every parity case.
-const CASES: [(&str, i64, usize); 6] = [
+const CASES: [(&str, i64, usize); 7] = [
     ("resnet18", 64, 2),
     // 64 px: stride 16 with last_stride 1 → a 4×4 map.
     ("resnet50", 64, 1),
@@ -34,6 +34,8 @@ const CASES: [(&str, i64, usize); 6] = [
     ("efficientnet_b0", 64, 2),
     ("mobilenet_v2", 64, 2),
     ("inception_v3", 96, 2),
+    // Not in torchvision: tools/bninception.py, through the same export tool.
+    ("bninception", 96, 2),
 ];
 
 /// Exports every case once per test process, in one python process (importing torch
@@ -171,6 +173,13 @@ fn mobilenet_v2_matches_torchvision() {
 #[test]
 fn inception_v3_matches_torchvision() {
     parity("inception_v3", 96, 2, Kind::Float);
+}
+
+/// BN-Inception against the PyTorch definition in tools/bninception.py (the names of
+/// Cadene/pretrained-models.pytorch, whose ImageNet weights DML papers start from).
+#[test]
+fn bninception_matches_the_pytorch_port() {
+    parity("bninception", 96, 2, Kind::Float);
 }
 
 #[test]
@@ -394,6 +403,9 @@ fn channels_last_gives_the_same_embeddings_and_gradients() {
         let g = |m: &Model| m.vs.variables()[name].grad();
         let d = (g(&a) - g(&b)).abs().max().double_value(&[]);
         let scale = g(&a).abs().max().double_value(&[]);
-        assert!(d <= 1e-3 * scale, "{name}: gradient differs by {d} (scale {scale})");
+        assert!(
+            d <= 1e-3 * scale,
+            "{name}: gradient differs by {d} (scale {scale})"
+        );
     }
 }

@@ -8,6 +8,10 @@ torch.manual_seed(SEED) (default 0). The classifier (fc, classifier, AuxLogits) 
 num_batches_tracked are dropped; tensors are float32. dml loads the file with
 `model.pretrained = "FILE"` (names go under `trunk.`).
 
+`--arch bninception` is BN-Inception with the names of Cadene/pretrained-models.pytorch
+(tools/bninception.py; its ImageNet file bn_inception-239d2248.pth loads with --weights;
+`last_linear` is dropped).
+
 Options for tests: --perturb-bn (random BatchNorm statistics), --last-stride 1 (ResNet layer4 stride 1), --input-size H and
 --features OUT.safetensors write torchvision's trunk feature map (eval mode) on a fixed
 input (torch.manual_seed(1), randn [batch, 3, H, H]) as {"input", "features"}.
@@ -20,10 +24,14 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-DROP = ("fc.", "classifier.", "AuxLogits.")
+DROP = ("fc.", "classifier.", "AuxLogits.", "last_linear.")
 
 
 def build(arch, last_stride):
+    if arch == "bninception":
+        sys.path.insert(0, __import__("os").path.dirname(__file__))
+        from bninception import BNInception
+        return BNInception().eval()
     kwargs = {}
     if arch == "inception_v3":
         kwargs = dict(aux_logits=False, transform_input=False, init_weights=True)
@@ -54,7 +62,7 @@ def trunk_features(model, arch, x):
                      "Mixed_7a", "Mixed_7b", "Mixed_7c"]:
             x = getattr(m, name)(x)
         return x
-    return model.features(x)  # mobilenet_v2, efficientnet_b*
+    return model.features(x)  # mobilenet_v2, efficientnet_b*, bninception
 
 
 def fix_legacy_densenet(sd):

@@ -12,6 +12,9 @@ pub enum ConvInit {
     KaimingFanIn,
     /// `trunc_normal_(w, std, a=-2, b=2)` (Inception v3).
     TruncNormal(f64),
+    /// torch.nn.Conv2d's own default: weight and bias uniform in ±1/√fan_in
+    /// (BN-Inception, which has no init scheme of its own).
+    TorchDefault,
 }
 
 /// A 2-d convolution with torchvision's parameter names (`weight`, optional `bias`).
@@ -102,14 +105,28 @@ pub fn conv(p: &nn::Path, cin: i64, cout: i64, o: ConvOpts) -> Conv {
             });
             w
         }
+        ConvInit::TorchDefault => p.var("weight", &dims, torch_default(&dims)),
     };
-    let bs = o.bias.then(|| p.var("bias", &[cout], nn::Init::Const(0.)));
+    let bias_init = match o.init {
+        ConvInit::TorchDefault => torch_default(&dims),
+        _ => nn::Init::Const(0.),
+    };
+    let bs = o.bias.then(|| p.var("bias", &[cout], bias_init));
     Conv {
         ws,
         bs,
         stride: o.stride,
         padding: o.padding,
         groups: o.groups,
+    }
+}
+
+/// Uniform in ±1/√fan_in for a convolution weight of shape `dims`.
+fn torch_default(dims: &[i64; 4]) -> nn::Init {
+    let bound = 1.0 / ((dims[1] * dims[2] * dims[3]) as f64).sqrt();
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
     }
 }
 

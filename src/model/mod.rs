@@ -4,6 +4,7 @@
 //! to per-sample tensors, the trainer gathers them, and [`Model::forward_global`] maps
 //! the gathered global batch to embeddings and logits ([`head`] explains the split).
 //! [`Model::forward`] runs both halves on one batch (evaluation, embedding).
+pub mod bninception;
 pub mod densenet;
 pub mod efficientnet;
 pub mod head;

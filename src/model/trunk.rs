@@ -4,7 +4,7 @@
 //! `trunk.layer1.0.conv1.weight`), drops the classifier and returns the last feature map.
 use tch::{nn, Tensor};
 
-use super::{densenet, efficientnet, inception_v3, mobilenet_v2, resnet};
+use super::{bninception, densenet, efficientnet, inception_v3, mobilenet_v2, resnet};
 use crate::error::{Error, Result};
 
 /// A convolutional trunk: images `[B, 3, H, W]` → last feature map `[B, C, h, w]`.
@@ -17,7 +17,8 @@ pub trait Trunk: std::fmt::Debug {
     fn batchnorm_prefixes(&self) -> Vec<String>;
 }
 
-/// Every trunk name [`build`] accepts (torchvision's model names).
+/// Every trunk name [`build`] accepts (torchvision's model names, and `bninception`
+/// with the names of the PyTorch port DML code uses).
 pub fn known() -> Vec<&'static str> {
     let mut v = vec![
         "resnet18",
@@ -31,7 +32,7 @@ pub fn known() -> Vec<&'static str> {
         "densenet201",
     ];
     v.extend(efficientnet::NAMES);
-    v.extend(["inception_v3", "mobilenet_v2"]);
+    v.extend(["inception_v3", "mobilenet_v2", "bninception"]);
     v
 }
 
@@ -68,6 +69,7 @@ pub fn build(p: &nn::Path, arch: &str, last_stride: usize) -> Result<Box<dyn Tru
         a if a.starts_with("densenet") => Box::new(densenet::DenseNet::new(p, a)?),
         a if a.starts_with("efficientnet") => Box::new(efficientnet::EfficientNet::new(p, a)?),
         "inception_v3" => Box::new(inception_v3::InceptionV3::new(p)),
+        "bninception" => Box::new(bninception::BnInception::new(p)),
         _ => Box::new(mobilenet_v2::MobileNetV2::new(p)),
     })
 }
