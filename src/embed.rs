@@ -73,6 +73,45 @@ pub fn embed_indices(
     indices: &[usize],
     opts: EmbedOptions,
 ) -> Result<(Tensor, Vec<i64>)> {
+    let dim = model.embedding_dim();
+    sharded(model, comm, ds, indices, opts, dim, |x| {
+        model.forward(x, false)
+    })
+}
+
+/// Like [`embed_indices`], but the trunk's average-pooled features `[n, C]` (the
+/// penultimate features Divide and Conquer clusters).
+///
+/// ```no_run
+/// # fn demo(model: &dml::model::Model, comm: &dyn dml::dist::Comm, ds: std::sync::Arc<dml::data::Dataset>) -> dml::Result<()> {
+/// let opts = dml::embed::EmbedOptions { image_size: 224, resize: 256, batch_size: 64, workers: 2 };
+/// let (f, _) = dml::embed::trunk_features(model, comm, ds, &[0, 5, 9], opts)?;
+/// assert_eq!(f.size()[1] as usize, model.trunk_channels());
+/// # Ok(()) }
+/// ```
+pub fn trunk_features(
+    model: &Model,
+    comm: &dyn Comm,
+    ds: Arc<Dataset>,
+    indices: &[usize],
+    opts: EmbedOptions,
+) -> Result<(Tensor, Vec<i64>)> {
+    let dim = model.trunk_channels();
+    sharded(model, comm, ds, indices, opts, dim, |x| {
+        model.trunk_pooled(x)
+    })
+}
+
+/// Runs `f` (no grad) over a shard of `indices` per rank and gathers `[n, dim]` rows.
+fn sharded(
+    model: &Model,
+    comm: &dyn Comm,
+    ds: Arc<Dataset>,
+    indices: &[usize],
+    opts: EmbedOptions,
+    dim: usize,
+    f: impl Fn(&Tensor) -> Tensor,
+) -> Result<(Tensor, Vec<i64>)> {
     let n = indices.len();
     let world = comm.world();
     let shard = n.div_ceil(world).max(1);
@@ -98,14 +137,11 @@ pub fn embed_indices(
     let mut parts = Vec::new();
     while let Some(batch) = loader.try_next()? {
         let x = batch.to_tensor(device, kind);
-        let e = tch::no_grad(|| model.forward(&x, false));
+        let e = tch::no_grad(|| f(&x));
         parts.push(e.to_kind(Kind::Float).to_device(Device::Cpu));
     }
     let local = if parts.is_empty() {
-        Tensor::zeros(
-            [0, model.embedding_dim() as i64],
-            (Kind::Float, Device::Cpu),
-        )
+        Tensor::zeros([0, dim as i64], (Kind::Float, Device::Cpu))
     } else {
         Tensor::cat(&parts, 0)
     };

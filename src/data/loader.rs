@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::augment::{random_resized_crop_params, resize_center_crop, resized_crop_into};
 use crate::data::format::Dataset;
-use crate::data::sampler::{rank_slice, Sampler};
+use crate::data::sampler::{rank_slice, BatchPlan};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
@@ -216,12 +216,13 @@ pub struct TrainLoader {
 }
 
 impl TrainLoader {
-    /// Starts the workers for steps `start_step..end_step`.
+    /// Starts the workers for steps `start_step..end_step` of `sampler`'s plan (the
+    /// N×K [`crate::data::sampler::Sampler`], or Divide and Conquer's cluster sampler).
     ///
     /// Fails if the world size does not divide N·K, or on an empty crop size or range.
     pub fn new(
         ds: Arc<Dataset>,
-        sampler: Sampler,
+        sampler: impl BatchPlan,
         opts: TrainLoaderOptions,
         start_step: u64,
         end_step: u64,
@@ -262,7 +263,7 @@ impl Iterator for TrainLoader {
 /// This rank's part of step `step`'s global batch, augmented.
 fn train_batch(
     ds: &Dataset,
-    sampler: &Sampler,
+    sampler: &impl BatchPlan,
     opts: &TrainLoaderOptions,
     slice: &Range<usize>,
     step: u64,

@@ -28,6 +28,25 @@ const CLASS_TAG: u64 = 0xc1a5;
 /// Key tag of the per-class image shuffles.
 const IMAGE_TAG: u64 = 0x1a6e;
 
+/// Which dataset images form the global batch of each step: what the training loader
+/// reads. Implemented by [`Sampler`] and by Divide and Conquer's cluster sampler.
+pub trait BatchPlan: Send + Sync + 'static {
+    /// Size of every global batch (N·K).
+    fn batch_size(&self) -> usize;
+    /// Dataset indices of the global batch of step `step` (0-based), in batch order.
+    fn global_batch(&self, step: u64) -> Vec<usize>;
+}
+
+impl BatchPlan for Sampler {
+    fn batch_size(&self) -> usize {
+        Sampler::batch_size(self)
+    }
+
+    fn global_batch(&self, step: u64) -> Vec<usize> {
+        Sampler::global_batch(self, step)
+    }
+}
+
 /// The global N×K batch sampler.
 ///
 /// ```

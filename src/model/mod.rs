@@ -181,6 +181,21 @@ impl Model {
             .test
     }
 
+    /// The trunk's average-pooled feature map `[B, C]` in evaluation mode (what Divide
+    /// and Conquer clusters: the penultimate features, before the head).
+    pub fn trunk_pooled(&self, images: &Tensor) -> Tensor {
+        let x = match self.channels_last {
+            true => channels_last(images),
+            false => images.shallow_clone(),
+        };
+        head::basic_avg_pool(&self.trunk.forward(&x, false))
+    }
+
+    /// Channels of the trunk's feature map.
+    pub fn trunk_channels(&self) -> usize {
+        self.trunk.out_channels()
+    }
+
     /// True if the VarStore key `name` is a parameter after the gather (its gradient is
     /// averaged across ranks, not summed).
     pub fn after_gather(name: &str) -> bool {

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 mod basic;
 pub mod classifier;
 
-pub use basic::{LinearHead, PoolHead};
+pub use basic::{avg_pool as basic_avg_pool, LinearHead, PoolHead};
 pub use classifier::Classifier;
 
 /// VarStore prefix of the parameters that act after the gather.
