@@ -510,6 +510,36 @@ impl Default for DistillConfig {
     }
 }
 
+/// `[dnc]`: Divide and Conquer (Sanakoyeu et al. 2019,
+/// CompVis/metric-learning-divide-and-conquer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DncConfig {
+    /// K, the number of clusters and of embedding slices; 1 turns Divide and Conquer off.
+    pub clusters: usize,
+    /// Re-cluster the training set every this many steps (official: every 2 epochs).
+    pub recluster_every: usize,
+    /// First step of the final stage, which trains the whole embedding on the plain N×K
+    /// sampler (official: the fine-tuning epochs at the end).
+    pub final_step: usize,
+    /// k-means restarts (official 5).
+    pub kmeans_restarts: usize,
+    /// k-means iterations per restart (official 100).
+    pub kmeans_iterations: usize,
+}
+
+impl Default for DncConfig {
+    fn default() -> Self {
+        DncConfig {
+            clusters: 1,
+            recluster_every: 0,
+            final_step: 0,
+            kmeans_restarts: 5,
+            kmeans_iterations: 100,
+        }
+    }
+}
+
 /// The whole configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -538,6 +568,8 @@ pub struct Config {
     pub dist: DistConfig,
     /// `[distill]`
     pub distill: DistillConfig,
+    /// `[dnc]`
+    pub dnc: DncConfig,
 }
 
 /// Parses `value` as a TOML value (number, bool, array, quoted string); anything that
@@ -754,6 +786,33 @@ impl Config {
                 "distill.weight",
                 format!("is {}, must be finite and ≥ 0", self.distill.weight),
             );
+        }
+        if self.dnc.clusters > 1 {
+            if self.dnc.recluster_every == 0 || self.dnc.final_step == 0 {
+                return fail(
+                    "dnc.recluster_every / dnc.final_step",
+                    format!(
+                        "dnc.clusters = {} needs positive dnc.recluster_every and \
+                         dnc.final_step (steps)",
+                        self.dnc.clusters
+                    ),
+                );
+            }
+            if self.model.embedding_dim % self.dnc.clusters != 0 {
+                return fail(
+                    "dnc.clusters",
+                    format!(
+                        "is {}, must divide model.embedding_dim ({})",
+                        self.dnc.clusters, self.model.embedding_dim
+                    ),
+                );
+            }
+            if self.dnc.kmeans_restarts == 0 || self.dnc.kmeans_iterations == 0 {
+                return fail(
+                    "dnc.kmeans_restarts / dnc.kmeans_iterations",
+                    "must be at least 1".into(),
+                );
+            }
         }
         if self.dist.bucket_mb <= 0.0 {
             return fail("dist.bucket_mb", "must be positive".into());
