@@ -400,7 +400,7 @@ mod tests {
         // Recompute Σ‖x − mean(cluster)‖² in f64 from the assignment alone.
         let rows = Vec::<Vec<f32>>::try_from(&x).unwrap();
         let mut sums = vec![vec![0f64; 16]; 12];
-        let mut counts = vec![0f64; 12];
+        let mut counts = [0f64; 12];
         for (r, &a) in rows.iter().zip(&c.assignment) {
             counts[a as usize] += 1.0;
             for (s, &v) in sums[a as usize].iter_mut().zip(r) {
