@@ -3,7 +3,9 @@
 step of PML's AccuracyCalculator NMI/AMI, i.e. faiss.Kmeans(d, k, niter=20) on the
 L2-normalised embeddings, k = number of classes, then index.search(x, 1).
 
-    bench_kmeans.py DIR THREADS REPEATS     DIR/e.npy, DIR/l.npy from tools/bench_eval.py gen
+    bench_kmeans.py gen DIR                 writes DIR/e.npy (60,000 x 512 float32), DIR/l.npy:
+                                            11,316 classes (SOP test size) of 5-6, as bench_eval.py gen
+    bench_kmeans.py DIR THREADS REPEATS     faiss.Kmeans on DIR/e.npy, DIR/l.npy
 
 Prints one JSON line: median seconds over REPEATS, the final objective, NMI and AMI (sklearn).
 """
@@ -14,7 +16,20 @@ import time
 import numpy as np
 
 
+def gen(d, n=60000, dim=512, classes=11316):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(classes, dim)).astype(np.float32)
+    labels = np.arange(n) % classes
+    x = centres[labels] + 1.5 * rng.normal(size=(n, dim)).astype(np.float32)
+    p = rng.permutation(n)
+    np.save(f"{d}/e.npy", x[p].astype(np.float32))
+    np.save(f"{d}/l.npy", labels[p].astype(np.int64))
+
+
 def main():
+    if sys.argv[1] == "gen":
+        gen(sys.argv[2])
+        return
     d, threads, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     import faiss
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
