@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod dist;
+pub mod dnc;
 pub mod embed;
 pub mod error;
 pub mod eval;

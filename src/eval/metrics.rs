@@ -216,10 +216,7 @@ pub fn clustering_scores(query: &Tensor, labels: &[i64], opts: &EvalOptions) -> 
     };
     let x = query.f_to_device(opts.device)?.f_to_kind(Kind::Float)?;
     let x = if opts.euclidean { x } else { l2_normalize(&x)? };
-    let kopts = KMeansOptions {
-        seed: opts.seed,
-        ..KMeansOptions::default()
-    };
+    let kopts = KMeansOptions::for_metrics(classes, opts.seed);
     let c = kmeans(&x, classes, &kopts)?;
     Ok((
         cluster::nmi(labels, &c.assignment),
