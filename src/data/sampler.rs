@@ -37,6 +37,16 @@ pub trait BatchPlan: Send + Sync + 'static {
     fn global_batch(&self, step: u64) -> Vec<usize>;
 }
 
+impl BatchPlan for Box<dyn BatchPlan> {
+    fn batch_size(&self) -> usize {
+        self.as_ref().batch_size()
+    }
+
+    fn global_batch(&self, step: u64) -> Vec<usize> {
+        self.as_ref().global_batch(step)
+    }
+}
+
 impl BatchPlan for Sampler {
     fn batch_size(&self) -> usize {
         Sampler::batch_size(self)

@@ -19,6 +19,9 @@ pub struct LoopState {
     pub step: usize,
     /// The sampler's state after `step` steps (checked against the sampler on resume).
     pub sampler: SamplerState,
+    /// Divide and Conquer's clustering of the phase in progress.
+    #[serde(default)]
+    pub dnc: Option<super::dnc::DncState>,
 }
 
 /// The checkpoint directory for `step`.

@@ -2,6 +2,7 @@
 //! checkpoints, progress); every rank runs the same steps on its slice of the batch.
 pub mod bn_update;
 pub mod checkpoint;
+pub mod dnc;
 pub mod log;
 pub mod lr_find;
 pub mod reality_check;
@@ -35,94 +36,163 @@ use validate::Validation;
 /// # Ok(()) }
 /// ```
 pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<usize> {
-    let rank = comm.rank();
     let Setup {
         cfg,
         train,
+        indices,
         sampler,
         mut model,
         objective,
         teacher,
         total,
-        mut validation,
+        validation,
     } = setup(cfg, comm)?;
     let cfg = &cfg;
-    let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
-    let mut swa = (cfg.swa.start > 0).then(|| Swa::new(model.trainable()));
-    let mut start = 0;
-    if resume {
-        let state = checkpoint::load_latest(run, &mut model, &mut optim, swa.as_mut())?;
-        sampler.check_state(&state.sampler)?;
-        if let Some(v) = validation.as_mut() {
-            v.restore_best(run);
-        }
-        start = state.step;
-    }
+    let mut lp = Loop {
+        optim: Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim),
+        swa: (cfg.swa.start > 0).then(|| Swa::new(model.trainable())),
+        validation,
+    };
+    let (start, dnc_state) = match resume {
+        true => lp.resume(run, &mut model, &sampler)?,
+        false => (0, None),
+    };
     broadcast_model(&model, comm)?;
-    if rank == 0 {
+    if comm.rank() == 0 {
         std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
         checkpoint::write_synced(&run.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     }
-    let mut loader = TrainLoader::new(
-        train.clone(),
-        sampler.clone(),
-        loader_options(cfg, comm),
-        start as u64,
-        total as u64,
-    )?;
-    let mut log = log::RunLog::open(run, rank, start, total)?;
-    while let Some(batch) = loader.try_next()? {
-        let step = batch.step as usize + 1; // optimiser steps completed after this one
-        let lr = learning_rate(&cfg.lr, cfg.optim.lr, step - 1);
-        let env = step::StepEnv {
-            model: &model,
-            objective: &objective,
-            comm,
-            teacher: teacher.as_ref(),
-            bucket_bytes: bucket_bytes(cfg),
-            autocast: use_autocast(cfg, &model),
-        };
-        let out = step::train_step(&env, &mut optim, &batch, lr, step, None)?;
-        if let Some(avg) = swa.as_mut().filter(|_| Swa::should_average(&cfg.swa, step)) {
-            avg.update(model.trainable())?;
-        }
-        let mut extra = serde_json::to_value(&out.stats).unwrap_or(json!({}));
-        let every = cfg.eval.every;
-        if let Some(v) = validation
-            .as_mut()
-            .filter(|_| every > 0 && (step % every == 0 || step == total))
-        {
-            merge(&mut extra, v.run(&model, comm, run, step)?);
-        }
-        log.step(step, out.loss, lr, cfg.global_batch(), extra)?;
-        let every = cfg.train.checkpoint_every;
-        if rank == 0 && ((every > 0 && step % every == 0) || step == total) {
+    let mut log = log::RunLog::open(run, comm.rank(), start, total)?;
+    let mut schedule = dnc::Schedule::new(train.clone(), indices, sampler.clone(), dnc_state);
+    let mut next = start;
+    while next < total {
+        let phase = schedule.phase(next, total, cfg, &model, comm)?;
+        let slices = phase.slices;
+        let opts = loader_options(cfg, comm);
+        let mut loader = TrainLoader::new(
+            train.clone(),
+            phase.plan,
+            opts,
+            next as u64,
+            phase.end as u64,
+        )?;
+        while let Some(batch) = loader.try_next()? {
+            let step = batch.step as usize + 1; // optimiser steps completed after this one
+            let lr = learning_rate(&cfg.lr, cfg.optim.lr, step - 1);
+            let env = step::StepEnv {
+                model: &model,
+                objective: &objective,
+                comm,
+                teacher: teacher.as_ref(),
+                bucket_bytes: bucket_bytes(cfg),
+                autocast: use_autocast(cfg, &model),
+            };
+            let slice = (slices > 1).then(|| ((step - 1) % slices, slices));
+            let out = step::train_step(&env, &mut lp.optim, &batch, lr, step, slice)?;
+            let extra = lp.after_step(cfg, comm, run, &model, step, total, &out)?;
+            log.step(step, out.loss, lr, cfg.global_batch(), extra)?;
             let state = LoopState {
                 step,
                 sampler: sampler.state(step as u64),
+                dnc: schedule.state.clone(),
             };
-            checkpoint::save(
-                run,
-                &model,
-                &optim,
-                swa.as_ref(),
-                &state,
-                cfg.train.keep_checkpoints,
-            )?;
+            lp.checkpoint(cfg, comm, run, &model, &state, total)?;
         }
+        next = phase.end;
     }
     log.finish();
-    if let Some(avg) = swa.as_ref().filter(|a| a.n_averaged() > 0) {
+    if let Some(avg) = lp.swa.as_ref().filter(|a| a.n_averaged() > 0) {
         model.set_trainable(avg.averaged())?;
         if cfg.model.bn == BnMode::Train {
             bn_update::reestimate_bn(&model, cfg, comm, train.clone(), sampler.clone())?;
         }
     }
-    if rank == 0 {
+    if comm.rank() == 0 {
         model.save(&run.join("model.safetensors"))?;
     }
     comm.barrier()?;
     Ok(total)
+}
+
+/// The state the loop carries from step to step besides the model.
+struct Loop {
+    optim: Adam,
+    swa: Option<Swa>,
+    validation: Option<Validation>,
+}
+
+impl Loop {
+    /// Loads the newest checkpoint of `run`: the step to continue from and the D&C
+    /// clustering in use.
+    fn resume(
+        &mut self,
+        run: &Path,
+        model: &mut Model,
+        sampler: &Sampler,
+    ) -> Result<(usize, Option<dnc::DncState>)> {
+        let state = checkpoint::load_latest(run, model, &mut self.optim, self.swa.as_mut())?;
+        sampler.check_state(&state.sampler)?;
+        if let Some(v) = self.validation.as_mut() {
+            v.restore_best(run);
+        }
+        Ok((state.step, state.dnc))
+    }
+
+    /// SWA averaging and validation after step `step`; returns the fields to log.
+    #[allow(clippy::too_many_arguments)]
+    fn after_step(
+        &mut self,
+        cfg: &Config,
+        comm: &dyn Comm,
+        run: &Path,
+        model: &Model,
+        step: usize,
+        total: usize,
+        out: &step::StepOutput,
+    ) -> Result<serde_json::Value> {
+        if let Some(avg) = self
+            .swa
+            .as_mut()
+            .filter(|_| Swa::should_average(&cfg.swa, step))
+        {
+            avg.update(model.trainable())?;
+        }
+        let mut extra = serde_json::to_value(&out.stats).unwrap_or(json!({}));
+        let every = cfg.eval.every;
+        if let Some(v) = self
+            .validation
+            .as_mut()
+            .filter(|_| every > 0 && (step % every == 0 || step == total))
+        {
+            merge(&mut extra, v.run(model, comm, run, step)?);
+        }
+        Ok(extra)
+    }
+
+    /// Rank 0 writes a checkpoint every `train.checkpoint_every` steps and at the end.
+    fn checkpoint(
+        &self,
+        cfg: &Config,
+        comm: &dyn Comm,
+        run: &Path,
+        model: &Model,
+        state: &LoopState,
+        total: usize,
+    ) -> Result<()> {
+        let every = cfg.train.checkpoint_every;
+        let due = (every > 0 && state.step % every == 0) || state.step == total;
+        if comm.rank() != 0 || !due {
+            return Ok(());
+        }
+        checkpoint::save(
+            run,
+            model,
+            &self.optim,
+            self.swa.as_ref(),
+            state,
+            cfg.train.keep_checkpoints,
+        )
+    }
 }
 
 /// Rank 0's weights and buffers on every rank (identical initialisation or resume).
@@ -178,6 +248,8 @@ pub struct Setup {
     pub cfg: Config,
     /// The memory-mapped training split.
     pub train: Arc<Dataset>,
+    /// The training images the sampler draws from (all but the validation classes).
+    pub indices: Vec<usize>,
     /// The global N×K sampler.
     pub sampler: Sampler,
     /// The model, initialised from `train.seed`.
@@ -200,7 +272,8 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
     let train = Arc::new(Dataset::open(Path::new(&cfg.data.train))?);
     let (validation, train_indices) = Validation::from_config(cfg, &train)?;
     let (n, k) = (cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class);
-    let sampler = Sampler::for_indices(train.labels(), train_indices, n, k, cfg.train.seed)?;
+    let sampler =
+        Sampler::for_indices(train.labels(), train_indices.clone(), n, k, cfg.train.seed)?;
     let total = match cfg.train.epochs {
         0 => cfg.train.steps,
         e => e * sampler.batches_per_epoch(),
@@ -217,6 +290,7 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
     Ok(Setup {
         cfg,
         train,
+        indices: train_indices,
         sampler,
         model,
         objective,

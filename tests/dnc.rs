@@ -1,0 +1,119 @@
+//! Divide and Conquer in training: the clustering and the weights are the same on 1
+//! and on 2 ranks (f64, frozen BatchNorm), and resuming inside a clustered phase
+//! continues with the saved clusters (resume determinism).
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// 32 generated classes (16 train classes), D&C with K = 2 clusters re-clustered every
+/// 2 steps, the whole embedding from step 5 on; batches of 2 classes × 4 images.
+const DNC: [&str; 6] = [
+    "dnc.clusters=2",
+    "dnc.recluster_every=2",
+    "dnc.final_step=5",
+    "dnc.kmeans_restarts=2",
+    "sampler.classes_per_batch=2",
+    "train.steps=6",
+];
+
+fn setup(tmp: &Path, extra: &str) -> PathBuf {
+    let d = tmp.join("data");
+    synth(&d, 32, 6, 36);
+    small_config(tmp, &d, extra)
+}
+
+fn train(np: usize, cfg: &Path, out: &Path, extra: &[&str]) {
+    let mut c = if np == 1 {
+        let mut c = dml();
+        c.env("OMP_NUM_THREADS", "1");
+        c
+    } else {
+        mpirun(np)
+    };
+    c.args(["train", "--config"]).arg(cfg).arg("--out").arg(out);
+    for s in DNC.iter().chain(extra) {
+        c.args(["--set", s]);
+    }
+    ok(c);
+}
+
+/// The D&C clustering saved with the checkpoint of `step`.
+fn clusters(run: &Path, step: usize) -> Vec<i64> {
+    let p = run.join(format!("checkpoints/step-{step}/state.json"));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    v["dnc"]["clusters"]
+        .as_array()
+        .expect("a clustering in the checkpoint")
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn clustering_and_weights_agree_on_one_and_two_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), "precision = \"f64\"");
+    let (w1, w2) = (tmp.path().join("w1"), tmp.path().join("w2"));
+    train(1, &cfg, &w1, &[]);
+    train(2, &cfg, &w2, &[]);
+    // Step 3 lies in the phase clustered at step 2 (0-based), after training.
+    let (c1, c2) = (clusters(&w1, 3), clusters(&w2, 3));
+    assert_eq!(c1, c2, "the clustering differs between 1 and 2 ranks");
+    let used: std::collections::BTreeSet<i64> = c1.iter().copied().filter(|&c| c >= 0).collect();
+    assert_eq!(used.into_iter().collect::<Vec<_>>(), vec![0, 1]);
+    let diff = max_rel_diff(&w1.join("model.safetensors"), &w2.join("model.safetensors"));
+    assert!(
+        diff <= 1e-9,
+        "1 rank vs 2 ranks: relative difference {diff}"
+    );
+}
+
+#[test]
+fn resuming_inside_a_clustered_phase_matches_a_straight_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), "");
+    let straight = tmp.path().join("straight");
+    train(1, &cfg, &straight, &[]);
+    let split = tmp.path().join("split");
+    train(1, &cfg, &split, &["train.steps=3"]);
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["train", "--resume"])
+        .arg(&split);
+    for s in DNC {
+        c.args(["--set", s]);
+    }
+    ok(c);
+    let d = max_rel_diff(
+        &straight.join("model.safetensors"),
+        &split.join("model.safetensors"),
+    );
+    assert_eq!(
+        d, 0.0,
+        "resumed D&C run differs from the straight run by {d}"
+    );
+}
+
+#[test]
+fn too_many_clusters_for_the_batch_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), "");
+    let mut c = dml();
+    c.args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .args(["--set", "dnc.clusters=16", "--set", "dnc.recluster_every=2"])
+        .args([
+            "--set",
+            "dnc.final_step=4",
+            "--set",
+            "sampler.classes_per_batch=4",
+        ]);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dnc.clusters"), "{err}");
+}
