@@ -92,7 +92,7 @@ pub fn init(backend: Backend) -> Result<Box<dyn Comm>> {
         Backend::Nccl => Ok(Box::new(nccl::Nccl::init()?)),
         #[cfg(not(feature = "nccl"))]
         Backend::Nccl => Err(Error::Config(
-            "dist.backend = \"nccl\" but this dml was built without the NCCL backend \
+            "dist.backend = \"nccl\" but this dml was not built with the NCCL backend \
              (CUDA tensors on GPUs): rebuild it with `cargo build --release --features nccl` \
              and run it on a machine with CUDA, or set dist.backend = \"mpi\" (CPU tensors)"
                 .into(),
