@@ -1,5 +1,11 @@
-//! Gives the `dml` binaries an RUNPATH to libtorch, so they run without LD_LIBRARY_PATH,
-//! and compiles the small C++ shim `csrc/autocast.cpp` against libtorch's headers.
+//! Gives the `dml` binaries an RUNPATH to libtorch, so they run without LD_LIBRARY_PATH;
+//! links libtorch_cuda for real when the wheel has it; and compiles the small C++ shim
+//! `csrc/autocast.cpp` against libtorch's headers.
+//!
+//! torch-sys passes `-ltorch_cuda`, but the linker's `--as-needed` drops it (no symbol
+//! of it is used), and without it libtorch registers no CUDA backend
+//! (`tch::Cuda::is_available()` is false even on a GPU machine). On a CPU-only machine
+//! the CUDA build of libtorch still loads and runs on the CPU.
 use std::path::PathBuf;
 
 fn main() {
@@ -12,6 +18,9 @@ fn main() {
     let root = root.canonicalize().unwrap_or(root);
     let lib = root.join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
     cc::Build::new()
         .cpp(true)
         .std("c++17")

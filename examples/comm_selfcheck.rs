@@ -1,14 +1,21 @@
-//! Checks the communicator's collectives across ranks: `mpirun -np W comm_selfcheck [MODE]`.
+//! Checks the communicator's collectives across ranks:
+//! `mpirun -np W comm_selfcheck [MODE] [--backend auto|mpi|nccl]`.
 //!
 //! MODE `check` (default): all_gather / all_reduce_sum / broadcast / barrier values for
 //! f32, f64, i64 and u8, bucketed gradient all-reduce against per-parameter sums (odd
 //! sizes, tiny buckets, mixed kinds, a non-contiguous gradient), average_grads,
 //! check_same_everywhere and the shape-mismatch error. Exits non-zero on any mismatch.
+//! Prints `PASS` on every rank when all checks pass, `FAIL` and the reason otherwise.
+//!
+//! `--backend nccl` (a dml built with `--features nccl`, one GPU per rank): the same
+//! checks on CUDA tensors of GPU `cuda:<node-local rank>` (plus bf16), after the CPU
+//! checks, which the nccl backend routes through MPI.
 //!
 //! Failure modes, for tests/dist_comm.rs: rank 1 dies in the middle of a loop of
 //! all-reduces while the others wait in the collective. `kill`: SIGKILL; `abort`:
 //! `std::process::abort()`; `exit`: `process::exit(3)` without finalising MPI; `error`:
 //! an error on rank 1, handled like the `dml` binary does (`comm.abort(1)`).
+use dml::config::Backend;
 use dml::dist::{self, Comm};
 use tch::{Device, Kind, Tensor};
 
@@ -22,11 +29,21 @@ fn ensure(ok: bool, what: impl FnOnce() -> String) -> Check {
     }
 }
 
+/// Equal shape, kind and values (compared on the CPU); `a` on `dev`.
 fn same(a: &Tensor, b: &Tensor, what: &str) -> Check {
+    let (a, b) = (a.to(Device::Cpu), b.to(Device::Cpu));
     ensure(
-        a.size() == b.size() && a.kind() == b.kind() && a.equal(b),
+        a.size() == b.size() && a.kind() == b.kind() && a.equal(&b),
         || format!("{what}: got {a:?} {a}, expected {b:?} {b}"),
     )
+}
+
+/// `same`, and `a` lives on `dev`.
+fn same_on(a: &Tensor, b: &Tensor, dev: Device, what: &str) -> Check {
+    ensure(a.device() == dev, || {
+        format!("{what}: result on {:?}, expected {dev:?}", a.device())
+    })?;
+    same(a, b, what)
 }
 
 /// Rank r's tensor for the value checks: [2, 3] of `base + 10 r`.
@@ -36,42 +53,77 @@ fn ranked(kind: Kind, r: usize) -> Tensor {
         .to_kind(kind)
 }
 
-fn collectives(comm: &dyn Comm) -> Check {
+fn collectives(comm: &dyn Comm, dev: Device) -> Check {
     let (r, w) = (comm.rank(), comm.world());
-    for kind in [Kind::Float, Kind::Double, Kind::Int64, Kind::Uint8] {
+    let mut kinds = vec![Kind::Float, Kind::Double, Kind::Int64, Kind::Uint8];
+    if dev.is_cuda() {
+        kinds.push(Kind::BFloat16); // small integers: exact in bf16
+    }
+    for kind in kinds {
         // all_gather: rank blocks in rank order.
         let expected = Tensor::cat(&(0..w).map(|q| ranked(kind, q)).collect::<Vec<_>>(), 0);
         let got = comm
-            .all_gather(&ranked(kind, r))
+            .all_gather(&ranked(kind, r).to(dev))
             .map_err(|e| e.to_string())?;
-        same(&got, &expected, &format!("all_gather {kind:?}"))?;
+        same_on(&got, &expected, dev, &format!("all_gather {kind:?}"))?;
+        // The same on a non-contiguous input (columns 0..3 of [2, 6]).
+        let wide = Tensor::cat(&[ranked(kind, r), ranked(kind, r)], 1).to(dev);
+        let got = comm
+            .all_gather(&wide.narrow(1, 0, 3))
+            .map_err(|e| e.to_string())?;
+        same_on(
+            &got,
+            &expected,
+            dev,
+            &format!("all_gather {kind:?} of a view"),
+        )?;
         // all_reduce_sum: sum over q of (base + 10 q) = W base + 10 W(W-1)/2.
-        let mut t = ranked(kind, r);
+        let mut t = ranked(kind, r).to(dev);
         comm.all_reduce_sum(&mut t).map_err(|e| e.to_string())?;
         let sum = (0..w).fold(
             Tensor::zeros([2, 3], (Kind::Int64, Device::Cpu)),
             |acc, q| acc + ranked(Kind::Int64, q),
         );
-        same(&t, &sum.to_kind(kind), &format!("all_reduce_sum {kind:?}"))?;
+        same_on(
+            &t,
+            &sum.to_kind(kind),
+            dev,
+            &format!("all_reduce_sum {kind:?}"),
+        )?;
+        // In place on a non-contiguous tensor: the [3, 2] transpose of rank r's tensor.
+        let mut t = ranked(kind, r).to(dev).tr();
+        comm.all_reduce_sum(&mut t).map_err(|e| e.to_string())?;
+        same_on(
+            &t,
+            &sum.to_kind(kind).tr(),
+            dev,
+            &format!("all_reduce_sum {kind:?} of a transposed tensor"),
+        )?;
         // broadcast from the last rank and from rank 0.
         for root in [w - 1, 0] {
-            let mut t = ranked(kind, r);
+            let mut t = ranked(kind, r).to(dev);
             comm.broadcast(&mut t, root).map_err(|e| e.to_string())?;
-            same(
+            same_on(
                 &t,
                 &ranked(kind, root),
+                dev,
                 &format!("broadcast {kind:?} from {root}"),
             )?;
         }
     }
     // A scalar gathers into a vector; an empty tensor into an empty one.
     let got = comm
-        .all_gather(&Tensor::from(r as f64))
+        .all_gather(&Tensor::from(r as f64).to(dev))
         .map_err(|e| e.to_string())?;
     let ranks: Vec<f64> = (0..w).map(|q| q as f64).collect();
-    same(&got, &Tensor::from_slice(&ranks), "all_gather of a scalar")?;
+    same_on(
+        &got,
+        &Tensor::from_slice(&ranks),
+        dev,
+        "all_gather of a scalar",
+    )?;
     let got = comm
-        .all_gather(&Tensor::zeros([0, 4], (Kind::Float, Device::Cpu)))
+        .all_gather(&Tensor::zeros([0, 4], (Kind::Float, dev)))
         .map_err(|e| e.to_string())?;
     ensure(got.size() == [0, 4], || {
         format!("all_gather of [0, 4]: {:?}", got.size())
@@ -85,19 +137,19 @@ fn collectives(comm: &dyn Comm) -> Check {
 
 /// Parameters of odd sizes and two kinds; the gradient of parameter i on rank r is
 /// `g(i, r)`, small integers and halves, so that every sum is exact.
-fn params_with_grads(r: usize) -> Vec<Tensor> {
+fn params_with_grads(r: usize, dev: Device) -> Vec<Tensor> {
     let shapes: [&[i64]; 7] = [&[7], &[3, 5], &[1], &[13, 3], &[0], &[4], &[2, 2, 3]];
     let mut ps = Vec::new();
     for (i, shape) in shapes.iter().enumerate() {
         let kind = if i == 3 { Kind::Double } else { Kind::Float };
         let p = if i == 1 {
             // A transposed (non-contiguous) leaf: its gradient is non-contiguous too.
-            Tensor::zeros([5, 3], (kind, Device::Cpu))
+            Tensor::zeros([5, 3], (kind, dev))
                 .tr()
                 .detach()
                 .set_requires_grad(true)
         } else {
-            Tensor::zeros(*shape, (kind, Device::Cpu)).set_requires_grad(true)
+            Tensor::zeros(*shape, (kind, dev)).set_requires_grad(true)
         };
         ps.push(p);
     }
@@ -111,16 +163,17 @@ fn params_with_grads(r: usize) -> Vec<Tensor> {
             .to_kind(Kind::Double)
             * 0.5
             + r as f64)
-            .to_kind(p.kind());
+            .to_kind(p.kind())
+            .to(dev);
         (p * g.view(&p.size()[..])).sum(p.kind()).backward();
     }
     ps
 }
 
-fn grads(comm: &dyn Comm) -> Check {
+fn grads(comm: &dyn Comm, dev: Device) -> Check {
     let (r, w) = (comm.rank(), comm.world());
     // Per-parameter sums, one collective each: the reference.
-    let reference: Vec<Option<Tensor>> = params_with_grads(r)
+    let reference: Vec<Option<Tensor>> = params_with_grads(r, dev)
         .iter()
         .map(|p| {
             let g = p.grad();
@@ -132,12 +185,12 @@ fn grads(comm: &dyn Comm) -> Check {
         .map(|o| o.transpose())
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    ensure(!params_with_grads(r)[1].grad().is_contiguous(), || {
+    ensure(!params_with_grads(r, dev)[1].grad().is_contiguous(), || {
         "the transposed parameter's gradient should be non-contiguous".into()
     })?;
     for bucket in [1usize, 12, 100, 25 << 20] {
         for average in [false, true] {
-            let ps = params_with_grads(r);
+            let ps = params_with_grads(r, dev);
             let res = if average {
                 dist::average_grads(comm, &ps, bucket)
             } else {
@@ -159,7 +212,7 @@ fn grads(comm: &dyn Comm) -> Check {
     Ok(())
 }
 
-fn mismatches(comm: &dyn Comm) -> Check {
+fn mismatches(comm: &dyn Comm, dev: Device) -> Check {
     let r = comm.rank();
     dist::check_same_everywhere(comm, "a constant", b"same on every rank")
         .map_err(|e| e.to_string())?;
@@ -176,7 +229,7 @@ fn mismatches(comm: &dyn Comm) -> Check {
         || format!("check_same_everywhere's message: {e}"),
     )?;
     // Different shapes in all_gather: an error on every rank, naming both shapes.
-    let t = Tensor::zeros([2 + r as i64, 3], (Kind::Float, Device::Cpu));
+    let t = Tensor::zeros([2 + r as i64, 3], (Kind::Float, dev));
     let e = comm
         .all_gather(&t)
         .err()
@@ -223,9 +276,33 @@ fn die(comm: &dyn Comm, how: &str) -> ! {
     std::process::exit(0)
 }
 
+/// MODE and `--backend`, from the command line.
+fn args() -> Result<(String, Backend), String> {
+    let mut mode = "check".to_string();
+    let mut backend = Backend::Auto;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--backend" {
+            backend = match it.next().as_deref() {
+                Some("auto") => Backend::Auto,
+                Some("local") => Backend::Local,
+                Some("mpi") => Backend::Mpi,
+                Some("nccl") => Backend::Nccl,
+                other => return Err(format!("--backend auto|local|mpi|nccl, got {other:?}")),
+            };
+        } else {
+            mode = a;
+        }
+    }
+    Ok((mode, backend))
+}
+
 fn main() {
-    let mode = std::env::args().nth(1).unwrap_or_else(|| "check".into());
-    let comm = match dist::init(dml::config::Backend::Auto) {
+    let (mode, backend) = args().unwrap_or_else(|e| {
+        eprintln!("comm_selfcheck: {e}");
+        std::process::exit(2)
+    });
+    let comm = match dist::init(backend) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("comm_selfcheck: {e}");
@@ -235,13 +312,21 @@ fn main() {
     if mode != "check" {
         die(comm.as_ref(), &mode);
     }
-    let result = collectives(comm.as_ref())
-        .map_err(|e| format!("collectives: {e}"))
-        .and_then(|_| grads(comm.as_ref()).map_err(|e| format!("grads: {e}")))
-        .and_then(|_| mismatches(comm.as_ref()).map_err(|e| format!("mismatches: {e}")));
+    // Every backend moves CPU tensors (nccl through MPI); nccl also CUDA tensors.
+    let mut devices = vec![Device::Cpu];
+    if comm.name() == "nccl" {
+        devices.push(Device::Cuda(comm.local_rank()));
+    }
+    let c = comm.as_ref();
+    let result = devices.iter().try_for_each(|&dev| {
+        collectives(c, dev)
+            .map_err(|e| format!("collectives on {dev:?}: {e}"))
+            .and_then(|_| grads(c, dev).map_err(|e| format!("grads on {dev:?}: {e}")))
+            .and_then(|_| mismatches(c, dev).map_err(|e| format!("mismatches on {dev:?}: {e}")))
+    });
     match result {
         Ok(()) => println!(
-            "comm_selfcheck: rank {} of {} ({}, node-local {} of {}): all checks passed",
+            "comm_selfcheck: PASS rank {} of {} ({}, node-local {} of {}): all checks passed",
             comm.rank(),
             comm.world(),
             comm.name(),
@@ -250,7 +335,7 @@ fn main() {
         ),
         Err(e) => {
             eprintln!(
-                "comm_selfcheck: rank {} of {}: FAILED {e}",
+                "comm_selfcheck: FAIL rank {} of {}: {e}",
                 comm.rank(),
                 comm.world()
             );

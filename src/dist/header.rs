@@ -57,6 +57,31 @@ const KINDS: [Kind; 20] = [
 
 /// The kinds the collectives move.
 pub(crate) const SUPPORTED: [Kind; 4] = [Kind::Float, Kind::Double, Kind::Int64, Kind::Uint8];
+/// The kinds the NCCL backend moves on CUDA.
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+pub(crate) const SUPPORTED_CUDA: [Kind; 5] = [
+    Kind::Float,
+    Kind::Double,
+    Kind::BFloat16,
+    Kind::Int64,
+    Kind::Uint8,
+];
+/// The device code of a CUDA tensor that is not on the rank's own GPU (set by the NCCL
+/// backend in place of the device index).
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+pub(crate) const OTHER_GPU: i64 = -3;
+
+/// Where the tensors of a collective must live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mem {
+    /// Host memory (the mpi backend).
+    Host,
+    /// Any device, the same on every rank.
+    Any,
+    /// Each rank's own GPU (the nccl backend): the device index may differ between ranks.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+    Cuda,
+}
 
 fn kind_code(k: Kind) -> i64 {
     KINDS.iter().position(|&x| x == k).map_or(-1, |i| i as i64)
@@ -80,6 +105,7 @@ fn device_code(d: Device) -> i64 {
 fn device_name(code: i64) -> String {
     match code {
         -1 => "cpu".into(),
+        OTHER_GPU => "a GPU other than the rank's own (cuda:<node-local rank>)".into(),
         c if c >= 0 => format!("cuda:{c}"),
         _ => "another device".into(),
     }
@@ -122,6 +148,11 @@ fn shape_of(h: &[i64]) -> String {
 /// Checks the headers of all ranks (`all`: `world` headers back to back) for collective
 /// `op`; `cpu_only` for backends that move host memory.
 pub(crate) fn check(op: Op, all: &[i64], cpu_only: bool) -> Result<()> {
+    check_on(op, all, if cpu_only { Mem::Host } else { Mem::Any })
+}
+
+/// [`check`] with the rule `mem` for where the tensors live.
+pub(crate) fn check_on(op: Op, all: &[i64], mem: Mem) -> Result<()> {
     let world = all.len() / LEN;
     let h = |r: usize| &all[r * LEN..(r + 1) * LEN];
     let here = Op::name(op as i64);
@@ -141,15 +172,28 @@ pub(crate) fn check(op: Op, all: &[i64], cpu_only: bool) -> Result<()> {
     if op == Op::Barrier {
         return Ok(());
     }
+    let kinds: &[Kind] = if mem == Mem::Cuda {
+        &SUPPORTED_CUDA
+    } else {
+        &SUPPORTED
+    };
     for r in 0..world {
         let k = h(r)[1];
-        if !SUPPORTED.iter().any(|&s| kind_code(s) == k) {
+        if !kinds.iter().any(|&s| kind_code(s) == k) {
             return Err(Error::Dist(format!(
-                "{here}: rank {r} passed a tensor of kind {}; supported kinds are {SUPPORTED:?}",
+                "{here}: rank {r} passed a tensor of kind {}; supported kinds are {kinds:?}",
                 kind_name(k)
             )));
         }
-        if cpu_only && h(r)[2] != -1 {
+        if mem == Mem::Cuda && h(r)[2] < 0 {
+            return Err(Error::Dist(format!(
+                "{here}: rank {r} passed a tensor on {}; the nccl backend moves tensors on \
+                 each rank's own GPU, cuda:<node-local rank> (CPU tensors go through MPI, \
+                 but only when every rank passes a CPU tensor)",
+                device_name(h(r)[2])
+            )));
+        }
+        if mem == Mem::Host && h(r)[2] != -1 {
             return Err(Error::Dist(format!(
                 "{here}: rank {r} passed a tensor on {}; the mpi backend moves CPU tensors \
                  (move it with .to(Device::Cpu), or use the nccl backend for CUDA)",
@@ -157,7 +201,15 @@ pub(crate) fn check(op: Op, all: &[i64], cpu_only: bool) -> Result<()> {
             )));
         }
     }
-    if (1..world).any(|r| h(r)[1..] != h(0)[1..]) {
+    // On CUDA each rank has its own GPU: compare all but the device index.
+    let differs = |r: usize| {
+        if mem == Mem::Cuda {
+            h(r)[1] != h(0)[1] || h(r)[3..] != h(0)[3..]
+        } else {
+            h(r)[1..] != h(0)[1..]
+        }
+    };
+    if (1..world).any(differs) {
         let each: Vec<String> = (0..world)
             .map(|r| {
                 let mut s = format!("rank {r}: {} {}", kind_name(h(r)[1]), shape_of(h(r)));
@@ -255,6 +307,62 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("root 2") && e.contains("root 0"), "{e}");
+    }
+
+    #[test]
+    fn cuda_rule_allows_bf16_and_per_rank_gpus_but_not_cpu() {
+        // Headers as the nccl backend sends them: rank r's tensor on cuda:r.
+        let on = |kind: Kind, shape: &[i64], gpu: i64| {
+            let mut h = encode(
+                Op::AllReduceSum,
+                Some(&Tensor::zeros(shape, (kind, Device::Cpu))),
+                0,
+            );
+            h[2] = gpu;
+            h
+        };
+        let ok = cat(&[on(Kind::BFloat16, &[4], 0), on(Kind::BFloat16, &[4], 1)]);
+        check_on(Op::AllReduceSum, &ok, Mem::Cuda).unwrap();
+        // bf16 is not an mpi kind; cuda:0 and cuda:1 differ for the device-exact rule.
+        assert!(check(Op::AllReduceSum, &ok, false).is_err());
+        let e = check_on(
+            Op::AllReduceSum,
+            &cat(&[on(Kind::Float, &[4], 0), on(Kind::Float, &[4], -1)]),
+            Mem::Cuda,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rank 1 passed a tensor on cpu"), "{e}");
+        let e = check_on(
+            Op::AllReduceSum,
+            &cat(&[on(Kind::Float, &[4], OTHER_GPU), on(Kind::Float, &[4], 1)]),
+            Mem::Cuda,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rank 0 passed a tensor on a GPU other than"),
+            "{e}"
+        );
+        let e = check_on(
+            Op::AllReduceSum,
+            &cat(&[on(Kind::Float, &[4], 0), on(Kind::Float, &[5], 1)]),
+            Mem::Cuda,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rank 0: Float [4]") && e.contains("rank 1: Float [5]"),
+            "{e}"
+        );
+        let e = check_on(
+            Op::AllReduceSum,
+            &cat(&[on(Kind::Half, &[4], 0), on(Kind::Half, &[4], 1)]),
+            Mem::Cuda,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kind Half"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! One process per GPU (or per CPU slot) is started by `mpirun`/`srun`; [`init`] finds
 //! out whether this process is one of several and returns the matching [`Comm`]:
-//! [`local::Local`] for a single process, [`mpi::Mpi`] for CPU tensors across ranks.
+//! [`local::Local`] for a single process, [`mpi::Mpi`] for CPU tensors across ranks,
+//! `nccl::Nccl` for CUDA tensors (built with the `nccl` feature).
 //! All collectives are blocking and must be called in the same order on every rank.
 use tch::Tensor;
 
@@ -15,6 +16,8 @@ mod header;
 pub mod launcher;
 pub mod local;
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 pub use grads::{all_reduce_grads, average_grads};
 
@@ -55,7 +58,11 @@ pub trait Comm {
 ///   `mpiexec`) with more than one process, else [`local::Local`].
 /// * `Local`: a single process, whatever the environment says.
 /// * `Mpi`: MPI; a clear [`Error::Config`] when the process was not started by a launcher.
-/// * `Nccl`: not built yet, an [`Error::Config`].
+/// * `Nccl`: NCCL for CUDA tensors on GPU `cuda:<node-local rank>`, bootstrapped over
+///   MPI (a single rank when not started by a launcher). Needs a dml built with
+///   `--features nccl` and CUDA; without either, an [`Error::Config`] that says which is
+///   missing. `Auto` never picks NCCL (it cannot see `train.device`): on GPUs set
+///   `dist.backend = "nccl"`.
 ///
 /// MPI is initialised here, once per process, and finalised when the returned
 /// communicator is dropped: keep it for the whole run.
@@ -81,9 +88,13 @@ pub fn init(backend: Backend) -> Result<Box<dyn Comm>> {
                 launcher::VARS.join(", ")
             ))),
         },
+        #[cfg(feature = "nccl")]
+        Backend::Nccl => Ok(Box::new(nccl::Nccl::init()?)),
+        #[cfg(not(feature = "nccl"))]
         Backend::Nccl => Err(Error::Config(
-            "dist.backend = \"nccl\": the NCCL backend is not built into this dml; use \
-             dist.backend = \"mpi\" (CPU tensors) or \"auto\""
+            "dist.backend = \"nccl\" but this dml was not built with the NCCL backend \
+             (CUDA tensors on GPUs): rebuild it with `cargo build --release --features nccl` \
+             and run it on a machine with CUDA, or set dist.backend = \"mpi\" (CPU tensors)"
                 .into(),
         )),
     }

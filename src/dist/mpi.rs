@@ -63,10 +63,16 @@ impl Mpi {
     /// Exchanges headers and checks that every rank is in the same collective with a
     /// compatible tensor: the error (if any) is the same on every rank.
     fn agree(&self, op: Op, t: Option<&Tensor>, arg: i64) -> Result<()> {
-        let mine = header::encode(op, t, arg);
+        let all = self.exchange_headers(&header::encode(op, t, arg));
+        header::check(op, &all, true)
+    }
+
+    /// Every rank's header, in rank order (an MPI all-gather): the agreement step that
+    /// the nccl backend reuses before its own collectives.
+    pub(super) fn exchange_headers(&self, mine: &[i64; header::LEN]) -> Vec<i64> {
         let mut all = vec![0i64; header::LEN * self.size];
         self.world.all_gather_into(&mine[..], &mut all[..]);
-        header::check(op, &all, true)
+        all
     }
 
     fn gather_typed<T: Element + Equivalence + Default + Clone>(
