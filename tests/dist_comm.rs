@@ -119,7 +119,10 @@ fn rank_that_exits_without_finalize_ends_the_job() {
 
 #[test]
 fn rank_with_an_error_aborts_the_job() {
-    dead_rank("error", "MPI_ABORT was invoked on rank 1");
+    // dml's own message names the rank before `comm.abort`; Open MPI's "MPI_ABORT was
+    // invoked on rank 1" banner is not always printed (its help system can fail with
+    // "ORTE_ERROR_LOG: Out of resource" on a loaded machine).
+    dead_rank("error", "error on rank 1 of 2");
 }
 
 #[test]
