@@ -82,18 +82,18 @@ fn parity(learned: bool, classes: usize, train: bool) {
         ("x".to_string(), x.detach()),
         ("order".to_string(), Tensor::from(ORDER as i64)),
     ];
-    let mut total = Tensor::zeros([], opts);
+    let mut terms = Vec::new();
     for (k, e) in out.embeddings.iter().enumerate() {
         let r = Tensor::randn(e.size(), opts);
-        total = total + (e * &r).sum(Kind::Double);
+        terms.push((e * &r).sum(Kind::Double));
         inputs.push((format!("r{k}"), r));
     }
     for l in &out.logits {
         let r = Tensor::randn(l.size(), opts);
-        total = total + (l * &r).sum(Kind::Double);
+        terms.push((l * &r).sum(Kind::Double));
         inputs.push(("rl".to_string(), r));
     }
-    total.backward();
+    Tensor::stack(&terms, 0).sum(Kind::Double).backward();
 
     let dir = tempfile::tempdir().unwrap();
     let vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();

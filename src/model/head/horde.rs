@@ -122,7 +122,8 @@ impl Head for HordeHead {
         };
         let mut moment = conv1x1(map, first);
         for (k, w) in self.proj.iter().enumerate() {
-            moment = moment * conv1x1(map, w);
+            // Not `*=`: that would multiply in place the factor the backward pass needs.
+            moment = &moment * conv1x1(map, w);
             let pooled = avg_pool(&moment);
             parts.push(match self.fcs.get(k) {
                 Some(fc) => pooled.apply(fc),
