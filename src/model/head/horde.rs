@@ -78,6 +78,17 @@ impl HordeHead {
     /// Builds the head on `channels` input channels: orders 1 … `order` (≥ 1), moments
     /// of dimension `horde_dim`, embeddings of dimension `dim`, learned or fixed
     /// projections, and an optional classifier on the unnormalised order-1 embedding.
+    ///
+    /// ```
+    /// use dml::model::head::{Head, HordeHead, Pass};
+    /// use tch::{nn, Device, Kind, Tensor};
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let head = HordeHead::new(&(vs.root() / "head"), 16, 8, 3, 32, true, None);
+    /// let map = Tensor::randn([4, 16, 3, 3], (Kind::Float, Device::Cpu));
+    /// let out = head.global(&head.local(&map, Pass::eval()), Pass::eval());
+    /// assert_eq!(out.embeddings.len(), 3); // orders 1, 2, 3
+    /// assert_eq!(out.test.size(), vec![4, 8]); // order 1
+    /// ```
     pub fn new(
         p: &nn::Path,
         channels: usize,
