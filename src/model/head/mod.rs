@@ -21,9 +21,11 @@ use crate::error::{Error, Result};
 
 mod basic;
 pub mod classifier;
+mod horde;
 
 pub use basic::{avg_pool as basic_avg_pool, LinearHead, PoolHead};
 pub use classifier::Classifier;
+pub use horde::HordeHead;
 
 /// VarStore prefix of the parameters that act after the gather.
 pub const POST_GATHER: &str = "head.post.";
@@ -145,7 +147,24 @@ pub fn build(p: &nn::Path, cfg: &ModelConfig, channels: usize) -> Result<Box<dyn
             )))
         }
         HeadKind::Pool => Ok(Box::new(PoolHead::new(channels, classifier(channels)))),
-        HeadKind::Bfe | HeadKind::Cgd | HeadKind::Horde => Err(Error::Config(format!(
+        HeadKind::Horde => {
+            if cfg.embedding_dim == 0 || cfg.horde_order == 0 || cfg.horde_dim == 0 {
+                return Err(Error::Config(
+                    "model.embedding_dim, model.horde_order and model.horde_dim must be positive"
+                        .into(),
+                ));
+            }
+            Ok(Box::new(HordeHead::new(
+                p,
+                channels,
+                cfg.embedding_dim,
+                cfg.horde_order,
+                cfg.horde_dim,
+                cfg.horde_learned,
+                classifier(cfg.embedding_dim),
+            )))
+        }
+        HeadKind::Bfe | HeadKind::Cgd => Err(Error::Config(format!(
             "model.head = {:?} is not in this build yet; use linear or pool",
             cfg.head
         ))),
