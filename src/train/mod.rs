@@ -158,6 +158,10 @@ impl Loop {
             avg.update(model.trainable())?;
         }
         let mut extra = serde_json::to_value(&out.stats).unwrap_or(json!({}));
+        merge(
+            &mut extra,
+            json!({ "step_s": out.step_seconds, "comm_s": out.comm_seconds }),
+        );
         let every = cfg.eval.every;
         if let Some(v) = self
             .validation

@@ -41,6 +41,19 @@ pub struct StepOutput {
     pub loss: f64,
     /// Mining statistics of the global batch.
     pub stats: MiningStats,
+    /// Seconds this rank spent in [`forward_backward`].
+    pub step_seconds: f64,
+    /// Of those, seconds spent in collectives (all-gathers and the gradient
+    /// all-reduce, including waiting for the other ranks).
+    pub comm_seconds: f64,
+}
+
+/// Runs `f`, adding its duration in seconds to `acc`.
+fn timed<T>(acc: &mut f64, f: impl FnOnce() -> T) -> T {
+    let t = std::time::Instant::now();
+    let out = f();
+    *acc += t.elapsed().as_secs_f64();
+    out
 }
 
 /// Forward, global objective, and backward for one batch of step `step` (1-based);
@@ -55,6 +68,8 @@ pub fn forward_backward(
     slice: Option<(usize, usize)>,
 ) -> Result<StepOutput> {
     let (model, comm) = (env.model, env.comm);
+    let started = std::time::Instant::now();
+    let mut comm_s = 0.0;
     let key = Some(step.saturating_sub(1) as u64);
     let parts: Vec<Tensor> = tch::autocast(env.autocast, || model.forward_local(images, key))
         .into_iter()
@@ -64,15 +79,19 @@ pub fn forward_backward(
         })
         .collect();
     let rows = images.size()[0];
-    let gathered = parts
-        .iter()
-        .map(|p| Ok(comm.all_gather(&p.detach())?.set_requires_grad(true)))
-        .collect::<Result<Vec<Tensor>>>()?;
-    let global_labels = comm.all_gather(labels)?;
+    let gathered = timed(&mut comm_s, || {
+        parts
+            .iter()
+            .map(|p| Ok(comm.all_gather(&p.detach())?.set_requires_grad(true)))
+            .collect::<Result<Vec<Tensor>>>()
+    })?;
+    let global_labels = timed(&mut comm_s, || comm.all_gather(labels))?;
     let teacher = match env.teacher {
         Some(t) => {
             let e = tch::no_grad(|| t.forward(&images.to_kind(t.kind()), false));
-            Some(comm.all_gather(&e.to_kind(model.kind()))?)
+            Some(timed(&mut comm_s, || {
+                comm.all_gather(&e.to_kind(model.kind()))
+            })?)
         }
         None => None,
     };
@@ -109,11 +128,15 @@ pub fn forward_backward(
             false => pre.push(t.shallow_clone()),
         }
     }
-    dist::all_reduce_grads(comm, &pre, env.bucket_bytes)?;
-    dist::average_grads(comm, &post, env.bucket_bytes)?;
+    timed(&mut comm_s, || -> Result<()> {
+        dist::all_reduce_grads(comm, &pre, env.bucket_bytes)?;
+        dist::average_grads(comm, &post, env.bucket_bytes)
+    })?;
     Ok(StepOutput {
         loss,
         stats: objective.stats,
+        step_seconds: started.elapsed().as_secs_f64(),
+        comm_seconds: comm_s,
     })
 }
 
