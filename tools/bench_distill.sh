@@ -5,6 +5,8 @@
 #
 #   tools/bench_distill.sh [STEPS] [KIND] [WEIGHT]     (defaults: 300 relative 0.3)
 #
+# The teacher trains TEACHER_STEPS (default 2 × STEPS) steps.
+#
 # Everything runs on CPU with configs/quickstart.toml's settings at 48 px; the work
 # directory is $W (default /tmp/dml-bench-distill).
 set -euo pipefail
@@ -23,7 +25,8 @@ metric() { $DML eval "$1" --data "$W/data/test.dmlds" --json | python3 -c \
   'import json,sys; m=json.load(sys.stdin); print(m["mean_average_precision_at_r"], m["precision_at_1"])'; }
 if [ ! -f "$W/teacher/model.safetensors" ]; then
   rm -rf "$W/teacher"
-  $DML train "${common[@]}" --set model.trunk=resnet50 --set train.seed=100 --out "$W/teacher" >/dev/null
+  $DML train "${common[@]}" --set model.trunk=resnet50 --set train.seed=100 \
+    --set train.steps="${TEACHER_STEPS:-$((2 * STEPS))}" --out "$W/teacher" >/dev/null
 fi
 echo "teacher resnet50: MAP@R P@1 = $(metric "$W/teacher")"
 for seed in 1 2 3; do
