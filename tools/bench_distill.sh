@@ -18,7 +18,9 @@ W=${W:-/tmp/dml-bench-distill}
 DML=target/release/dml
 mkdir -p "$W"
 [ -f "$W/data/train.dmlds" ] || $DML synth --out "$W/data" --classes 60 --per-class 24 --size 56
-common=(--config configs/quickstart.toml --set data.train="$W/data/train.dmlds"
+# Multi-Similarity for teacher and students: a ResNet-50 trained from scratch with the
+# quickstart's batch-hard triplet loss collapses (all similarities → 1) at this scale.
+common=(--config configs/quickstart.toml --set loss.name=multi_similarity --set miner.name=multi_similarity --set data.train="$W/data/train.dmlds"
   --set data.test="$W/data/test.dmlds" --set data.image_size=48 --set data.resize=56
   --set train.steps="$STEPS" --set train.checkpoint_every=0 --set train.device=cpu)
 metric() { $DML eval "$1" --data "$W/data/test.dmlds" --json | python3 -c \
