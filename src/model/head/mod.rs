@@ -20,9 +20,13 @@ use crate::config::{HeadKind, ModelConfig};
 use crate::error::{Error, Result};
 
 mod basic;
+pub mod bfe;
+pub mod cgd;
 pub mod classifier;
 
 pub use basic::{LinearHead, PoolHead};
+pub use bfe::BfeHead;
+pub use cgd::CgdHead;
 pub use classifier::Classifier;
 
 /// VarStore prefix of the parameters that act after the gather.
@@ -145,7 +149,21 @@ pub fn build(p: &nn::Path, cfg: &ModelConfig, channels: usize) -> Result<Box<dyn
             )))
         }
         HeadKind::Pool => Ok(Box::new(PoolHead::new(channels, classifier(channels)))),
-        HeadKind::Bfe | HeadKind::Cgd | HeadKind::Horde => Err(Error::Config(format!(
+        HeadKind::Bfe => Ok(Box::new(BfeHead::new(
+            p,
+            channels,
+            cfg.bfe_erase,
+            cfg.classes,
+        )?)),
+        HeadKind::Cgd => Ok(Box::new(CgdHead::new(
+            p,
+            channels,
+            &cfg.cgd_descriptors,
+            cfg.embedding_dim,
+            cfg.gem_p,
+            cfg.classes,
+        )?)),
+        HeadKind::Horde => Err(Error::Config(format!(
             "model.head = {:?} is not in this build yet; use linear or pool",
             cfg.head
         ))),
