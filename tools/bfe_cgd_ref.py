@@ -5,7 +5,8 @@ Written after the official code:
   from the point where the trunk map enters `res_part2`'s output: the global branch
   (avg pool -> 1x1 conv -> BatchNorm2d -> ReLU, the official `reduction`), the part
   branch (torchvision Bottleneck -> BatchDrop -> max pool -> Linear -> BN1d -> ReLU) and
-  the two softmax classifiers. The erased rectangle is given on the command line (the
+  the two softmax classifiers. As in the Rust head, the Linear/conv layers before the
+  BatchNorms have no bias (the official ones do; the BatchNorm cancels it). The erased rectangle is given on the command line (the
   Rust side draws it from the (seed, step) key).
 * CGD: leftthomas/CGD, model.py (GlobalDescriptor, main_modules, auxiliary_module),
   with GeM as (mean(clamp(x, 1e-6)^p))^(1/p).
@@ -44,12 +45,12 @@ class BFEHead(nn.Module):
     def __init__(self, c, classes, rect):
         super().__init__()
         self.global_avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.global_reduction = nn.Sequential(nn.Conv2d(c, 512, 1), nn.BatchNorm2d(512), nn.ReLU())
+        self.global_reduction = nn.Sequential(nn.Conv2d(c, 512, 1, bias=False), nn.BatchNorm2d(512), nn.ReLU())
         self.global_softmax = nn.Linear(512, classes)
         self.res_part2 = Bottleneck(c, c // 4)
         self.part_maxpool = nn.AdaptiveMaxPool2d((1, 1))
         self.batch_crop = BatchDrop(rect)
-        self.reduction = nn.Sequential(nn.Linear(c, 1024, 1), nn.BatchNorm1d(1024), nn.ReLU())
+        self.reduction = nn.Sequential(nn.Linear(c, 1024, bias=False), nn.BatchNorm1d(1024), nn.ReLU())
         self.softmax = nn.Linear(1024, classes)
 
     def forward(self, x):
@@ -147,7 +148,7 @@ def main():
         p = named.get(torch_name(rust))
         if p is not None:
             out[f"grad.{rust}"] = p.grad.reshape(params[rust].shape).contiguous()
-    save_file({k: v.contiguous() for k, v in out.items()}, f"{a.dir}/out.safetensors")
+    save_file({k: v.clone().contiguous() for k, v in out.items()}, f"{a.dir}/out.safetensors")
 
 
 if __name__ == "__main__":

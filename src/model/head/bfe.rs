@@ -22,6 +22,11 @@
 //! test embedding = their concatenation (1536-d, as the official evaluation).
 //! `model.embedding_dim` is not used: the branch sizes are the official 512 and 1024.
 //!
+//! The two reductions' Linear layers have **no bias** (the official ones do): a
+//! BatchNorm with batch statistics follows and removes it, so its gradient is zero up
+//! to rounding, which Adam would turn into a random walk of ±lr per step (and break
+//! world-size invariance in f64).
+//!
 //! Initialisation follows the official `weights_init_kaiming`: linear weights
 //! Kaiming-normal over fan-out with zero bias, BatchNorm1d weights N(1, 0.02) with zero
 //! bias; the extra bottleneck is initialised like torchvision's ResNet blocks.
@@ -112,7 +117,7 @@ impl Reduction {
             ..Default::default()
         };
         Reduction {
-            fc: kaiming_linear(&(p / "0"), cin, cout),
+            fc: kaiming_linear(&(p / "0"), cin, cout, false),
             bn: nn::batch_norm1d(p / "1", cout as i64, bn),
         }
     }
@@ -123,8 +128,8 @@ impl Reduction {
 }
 
 /// The official `weights_init_kaiming` of a Linear: `kaiming_normal_(w, a=0,
-/// mode="fan_out")`, bias 0.
-fn kaiming_linear(p: &nn::Path, cin: usize, cout: usize) -> nn::Linear {
+/// mode="fan_out")`, bias 0 (if any).
+fn kaiming_linear(p: &nn::Path, cin: usize, cout: usize, bias: bool) -> nn::Linear {
     nn::linear(
         p,
         cin as i64,
@@ -135,8 +140,8 @@ fn kaiming_linear(p: &nn::Path, cin: usize, cout: usize) -> nn::Linear {
                 fan: nn::init::FanInOut::FanOut,
                 non_linearity: nn::init::NonLinearity::ReLU,
             },
-            bs_init: Some(nn::Init::Const(0.0)),
-            bias: true,
+            bs_init: bias.then_some(nn::Init::Const(0.0)),
+            bias,
         },
     )
 }
@@ -173,8 +178,8 @@ impl BfeHead {
         let post = p / "post";
         let classifiers = (classes > 0).then(|| {
             (
-                kaiming_linear(&(&post / "global_softmax"), GLOBAL_DIM, classes),
-                kaiming_linear(&(&post / "softmax"), ERASE_DIM, classes),
+                kaiming_linear(&(&post / "global_softmax"), GLOBAL_DIM, classes, true),
+                kaiming_linear(&(&post / "softmax"), ERASE_DIM, classes, true),
             )
         });
         Ok(BfeHead {
