@@ -65,12 +65,12 @@ fn compare(cfg: &ModelConfig, map: &Tensor, pass: Pass, args: &[String]) {
     let mut loss = (&out.test * &inputs[1].1).sum(Kind::Double);
     for (i, e) in out.embeddings.iter().enumerate() {
         let w = r(e);
-        loss = loss + (e * &w).sum(Kind::Double);
+        loss += (e * &w).sum(Kind::Double);
         inputs.push((format!("r_emb{i}"), w));
     }
     for (i, l) in out.logits.iter().enumerate() {
         let w = r(l);
-        loss = loss + (l * &w).sum(Kind::Double);
+        loss += (l * &w).sum(Kind::Double);
         inputs.push((format!("r_logits{i}"), w));
     }
     Tensor::write_safetensors(&inputs, dir.path().join("inputs.safetensors")).unwrap();
