@@ -49,7 +49,9 @@ fn main() -> dml::Result<()> {
             let g = g.set_requires_grad(true);
             let out = loss.compute(&g, &gl)?;
             let grad = Tensor::run_backward(&[&out.loss], &[&g], false, false);
-            (&e * grad[0].narrow(0, rank * rows, rows)).sum(Kind::Float).backward();
+            (&e * grad[0].narrow(0, rank * rows, rows))
+                .sum(Kind::Float)
+                .backward();
             let t_global = t.elapsed().as_secs_f64();
             comm.barrier()?;
             let t = Instant::now();
@@ -67,7 +69,10 @@ fn main() -> dml::Result<()> {
             median(per_rank[1..].to_vec()),
         );
         if rank == 0 {
-            println!("| {b} | {rows} | {g:.1} | {gl:.1} | {pr:.1} | {:.2} |", gl / pr);
+            println!(
+                "| {b} | {rows} | {g:.1} | {gl:.1} | {pr:.1} | {:.2} |",
+                gl / pr
+            );
         }
     }
     comm.barrier()?;

@@ -6,15 +6,19 @@ use super::layers::{bn, conv, Bn, Conv, ConvOpts};
 use super::trunk::Trunk;
 use crate::error::{Error, Result};
 
-/// Residual block: basic (two 3×3) or bottleneck (1×1, 3×3, 1×1 with expansion 4).
+/// Residual block: basic (two 3×3) or bottleneck (1×1, 3×3, 1×1 with expansion 4);
+/// also BFE's extra bottleneck on the trunk map.
 #[derive(Debug)]
-struct Block {
+pub(crate) struct Block {
     convs: Vec<(Conv, Bn)>,
     downsample: Option<(Conv, Bn)>,
 }
 
 impl Block {
-    fn new(
+    /// Builds a block under `p` from `cin` channels with `width` (×4 out for a
+    /// bottleneck), recording its BatchNorm paths in `bns`; returns it and its output
+    /// channels.
+    pub(crate) fn new(
         p: &nn::Path,
         cin: i64,
         width: i64,
@@ -58,7 +62,8 @@ impl Block {
         (Block { convs, downsample }, cout)
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    /// Applies the block; `train` selects BatchNorm batch statistics.
+    pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let mut y = x.shallow_clone();
         let last = self.convs.len() - 1;
         for (i, (c, n)) in self.convs.iter().enumerate() {

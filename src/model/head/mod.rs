@@ -20,10 +20,14 @@ use crate::config::{HeadKind, ModelConfig};
 use crate::error::{Error, Result};
 
 mod basic;
+pub mod bfe;
+pub mod cgd;
 pub mod classifier;
 mod horde;
 
 pub use basic::{avg_pool as basic_avg_pool, LinearHead, PoolHead};
+pub use bfe::BfeHead;
+pub use cgd::CgdHead;
 pub use classifier::Classifier;
 pub use horde::HordeHead;
 
@@ -164,9 +168,19 @@ pub fn build(p: &nn::Path, cfg: &ModelConfig, channels: usize) -> Result<Box<dyn
                 classifier(cfg.embedding_dim),
             )))
         }
-        HeadKind::Bfe | HeadKind::Cgd => Err(Error::Config(format!(
-            "model.head = {:?} is not in this build yet; use linear or pool",
-            cfg.head
-        ))),
+        HeadKind::Bfe => Ok(Box::new(BfeHead::new(
+            p,
+            channels,
+            cfg.bfe_erase,
+            cfg.classes,
+        )?)),
+        HeadKind::Cgd => Ok(Box::new(CgdHead::new(
+            p,
+            channels,
+            &cfg.cgd_descriptors,
+            cfg.embedding_dim,
+            cfg.gem_p,
+            cfg.classes,
+        )?)),
     }
 }
