@@ -334,7 +334,6 @@ fn build_rejects_meaningless_combinations() {
     let cases = [
         (LossName::Triplet, MinerName::MultiSimilarity, "miner.name"),
         (LossName::MultiSimilarity, MinerName::SemiHard, "miner.name"),
-        (LossName::Group, MinerName::BatchHard, "miner.name"),
     ];
     for (l, m, key) in cases {
         let lc = LossConfig {
@@ -370,6 +369,16 @@ fn build_rejects_meaningless_combinations() {
     assert!(e.contains("loss.margin"), "{e}");
     let ok = loss::build(&LossConfig::default(), &MinerConfig::default()).unwrap();
     assert!(ok.name().contains("batch_hard"), "{}", ok.name());
+    // Group Loss (built with its classifier logits by Objective) takes no miner.
+    let mut cfg = dml::config::Config::default();
+    cfg.loss.name = LossName::Group;
+    let e = loss::Objective::build(&cfg)
+        .err()
+        .expect("rejected")
+        .to_string();
+    assert!(e.contains("miner.name") && e.contains("loss.name"), "{e}");
+    cfg.miner.name = MinerName::None;
+    assert!(loss::Objective::build(&cfg).unwrap().needs_logits());
 }
 
 /// Group Loss against the PyTorch reference `tools/group_loss_ref.py` (written from the
