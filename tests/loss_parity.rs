@@ -373,8 +373,7 @@ fn build_rejects_meaningless_combinations() {
     let mut cfg = dml::config::Config::default();
     cfg.loss.name = LossName::Group;
     let e = loss::Objective::build(&cfg)
-        .err()
-        .expect("rejected")
+        .expect_err("rejected")
         .to_string();
     assert!(e.contains("miner.name") && e.contains("loss.name"), "{e}");
     cfg.miner.name = MinerName::None;
