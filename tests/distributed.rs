@@ -14,74 +14,21 @@ fn data(tmp: &Path) -> PathBuf {
     d
 }
 
-fn train_local(cfg: &Path, out: &Path, sets: &[&str]) {
-    let mut c = dml();
-    c.env("OMP_NUM_THREADS", "1")
-        .args(["train", "--config"])
-        .arg(cfg)
-        .arg("--out")
-        .arg(out);
-    for s in sets {
-        c.args(["--set", s]);
-    }
-    ok(c);
-}
-
-fn train_mpi(np: usize, cfg: &Path, out: &Path, sets: &[&str]) {
-    let mut c = mpirun(np);
-    c.args(["train", "--config"]).arg(cfg).arg("--out").arg(out);
-    for s in sets {
-        c.args(["--set", s]);
-    }
-    ok(c);
-}
-
-fn invariance(loss: &[&str]) {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = data(tmp.path());
-    let cfg = small_config(tmp.path(), &d, "precision = \"f64\"");
-    let mut sets = vec!["train.steps=5"];
-    sets.extend_from_slice(loss);
-    train_local(&cfg, &tmp.path().join("w1"), &sets);
-    train_mpi(2, &cfg, &tmp.path().join("w2"), &sets);
-    let diff = max_rel_diff(
-        &tmp.path().join("w1/model.safetensors"),
-        &tmp.path().join("w2/model.safetensors"),
-    );
-    assert!(
-        diff <= 1e-9,
-        "1 rank vs 2 ranks after 5 f64 steps: relative difference {diff}"
-    );
-    // The runs did move the weights: compare with the initialisation (step 0 is not
-    // saved, so compare two different step counts instead).
-    let mut one = loss.to_vec();
-    one.push("train.steps=1");
-    train_local(&cfg, &tmp.path().join("w1b"), &one);
-    let moved = max_rel_diff(
-        &tmp.path().join("w1/model.safetensors"),
-        &tmp.path().join("w1b/model.safetensors"),
-    );
-    assert!(
-        moved > 1e-6,
-        "weights barely changed between step 1 and 5: {moved}"
-    );
-}
-
 #[test]
 fn world_size_invariance_f64_triplet() {
-    invariance(&["loss.name=triplet", "miner.name=batch_hard"]);
+    world_size_invariance(&["loss.name=triplet", "miner.name=batch_hard"]);
 }
 
 #[test]
 fn world_size_invariance_f64_multi_similarity() {
-    invariance(&["loss.name=multi_similarity", "miner.name=multi_similarity"]);
+    world_size_invariance(&["loss.name=multi_similarity", "miner.name=multi_similarity"]);
 }
 
 /// Group Loss: the classifier lies after the gather, so its gradients are averaged
 /// while the trunk's and the projection's are summed.
 #[test]
 fn world_size_invariance_f64_group_loss() {
-    invariance(&["loss.name=group", "miner.name=none", "loss.group_anchors=1"]);
+    world_size_invariance(&["loss.name=group", "miner.name=none", "loss.group_anchors=1"]);
 }
 
 /// Distillation from a frozen teacher (a 1-step run): the relative term compares the
@@ -91,9 +38,9 @@ fn world_size_invariance_f64_distillation() {
     let tmp = tempfile::tempdir().unwrap();
     let d = data(tmp.path());
     let cfg = small_config(tmp.path(), &d, "precision = \"f64\"\nseed = 3");
-    train_local(&cfg, &tmp.path().join("teacher"), &["train.steps=1"]);
+    train(1, &cfg, &tmp.path().join("teacher"), &["train.steps=1"]);
     let teacher = format!("distill.teacher={}", tmp.path().join("teacher").display());
-    invariance(&[&teacher, "distill.kind=relative", "distill.weight=0.5"]);
+    world_size_invariance(&[&teacher, "distill.kind=relative", "distill.weight=0.5"]);
 }
 
 #[test]
@@ -101,9 +48,9 @@ fn resume_under_mpirun_matches_a_straight_mpirun_run() {
     let tmp = tempfile::tempdir().unwrap();
     let d = data(tmp.path());
     let cfg = small_config(tmp.path(), &d, "precision = \"f64\"");
-    train_mpi(2, &cfg, &tmp.path().join("straight"), &[]);
+    train(2, &cfg, &tmp.path().join("straight"), &[]);
     let parted = tmp.path().join("parted");
-    train_mpi(2, &cfg, &parted, &["train.steps=3"]);
+    train(2, &cfg, &parted, &["train.steps=3"]);
     let mut c = mpirun(2);
     c.args(["train", "--resume"])
         .arg(&parted)

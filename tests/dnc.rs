@@ -24,19 +24,10 @@ fn setup(tmp: &Path, extra: &str) -> PathBuf {
     small_config(tmp, &d, extra)
 }
 
-fn train(np: usize, cfg: &Path, out: &Path, extra: &[&str]) {
-    let mut c = if np == 1 {
-        let mut c = dml();
-        c.env("OMP_NUM_THREADS", "1");
-        c
-    } else {
-        mpirun(np)
-    };
-    c.args(["train", "--config"]).arg(cfg).arg("--out").arg(out);
-    for s in DNC.iter().chain(extra) {
-        c.args(["--set", s]);
-    }
-    ok(c);
+/// `common::train` with the D&C settings and `extra`.
+fn train_dnc(np: usize, cfg: &Path, out: &Path, extra: &[&str]) {
+    let sets: Vec<&str> = DNC.iter().chain(extra).copied().collect();
+    train(np, cfg, out, &sets);
 }
 
 /// The D&C clustering saved with the checkpoint of `step`.
@@ -56,8 +47,8 @@ fn clustering_and_weights_agree_on_one_and_two_ranks() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = setup(tmp.path(), "precision = \"f64\"");
     let (w1, w2) = (tmp.path().join("w1"), tmp.path().join("w2"));
-    train(1, &cfg, &w1, &[]);
-    train(2, &cfg, &w2, &[]);
+    train_dnc(1, &cfg, &w1, &[]);
+    train_dnc(2, &cfg, &w2, &[]);
     // Step 3 lies in the phase clustered at step 2 (0-based), after training.
     let (c1, c2) = (clusters(&w1, 3), clusters(&w2, 3));
     assert_eq!(c1, c2, "the clustering differs between 1 and 2 ranks");
@@ -75,9 +66,9 @@ fn resuming_inside_a_clustered_phase_matches_a_straight_run() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = setup(tmp.path(), "");
     let straight = tmp.path().join("straight");
-    train(1, &cfg, &straight, &[]);
+    train_dnc(1, &cfg, &straight, &[]);
     let split = tmp.path().join("split");
-    train(1, &cfg, &split, &["train.steps=3"]);
+    train_dnc(1, &cfg, &split, &["train.steps=3"]);
     let mut c = dml();
     c.env("OMP_NUM_THREADS", "1")
         .args(["train", "--resume"])

@@ -251,61 +251,12 @@ fn cgd_rejects_bad_descriptor_strings_naming_the_key() {
     }
 }
 
-fn data(tmp: &Path) -> std::path::PathBuf {
-    let d = tmp.join("data");
-    synth(&d, 8, 6, 36);
-    d
-}
-
-fn train(cfg: &Path, out: &Path, np: usize, sets: &[&str]) {
-    let mut c = if np == 1 {
-        let mut c = dml();
-        c.env("OMP_NUM_THREADS", "1");
-        c
-    } else {
-        mpirun(np)
-    };
-    c.args(["train", "--config"]).arg(cfg).arg("--out").arg(out);
-    for s in sets {
-        c.args(["--set", s]);
-    }
-    ok(c);
-}
-
 /// 1 rank vs 2 ranks after 5 f64 steps with frozen BatchNorm on feature maps (the
 /// vector BatchNorms of the heads run on the gathered global batch).
-fn invariance(sets: &[&str]) {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = data(tmp.path());
-    let cfg = small_config(tmp.path(), &d, "precision = \"f64\"");
-    let mut five = vec!["train.steps=5", "model.bn=frozen"];
-    five.extend_from_slice(sets);
-    train(&cfg, &tmp.path().join("w1"), 1, &five);
-    train(&cfg, &tmp.path().join("w2"), 2, &five);
-    let diff = max_rel_diff(
-        &tmp.path().join("w1/model.safetensors"),
-        &tmp.path().join("w2/model.safetensors"),
-    );
-    assert!(
-        diff <= 1e-9,
-        "1 rank vs 2 ranks: relative difference {diff}"
-    );
-    let mut one = five.clone();
-    one[0] = "train.steps=1";
-    train(&cfg, &tmp.path().join("w1b"), 1, &one);
-    let moved = max_rel_diff(
-        &tmp.path().join("w1/model.safetensors"),
-        &tmp.path().join("w1b/model.safetensors"),
-    );
-    assert!(
-        moved > 1e-6,
-        "weights barely changed between step 1 and 5: {moved}"
-    );
-}
-
 #[test]
 fn bfe_world_size_invariance_f64() {
-    invariance(&[
+    world_size_invariance(&[
+        "model.bn=frozen",
         "model.head=bfe",
         "model.last_stride=1",
         "loss.name=triplet",
@@ -316,7 +267,8 @@ fn bfe_world_size_invariance_f64() {
 
 #[test]
 fn cgd_world_size_invariance_f64() {
-    invariance(&[
+    world_size_invariance(&[
+        "model.bn=frozen",
         "model.head=cgd",
         "model.cgd_descriptors=SMG",
         "model.embedding_dim=24",

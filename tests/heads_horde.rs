@@ -150,61 +150,18 @@ fn horde_fixed_maclaurin_matches_torch() {
     parity(false, 3, false);
 }
 
-fn train(cfg: &Path, out: &Path, np: usize, sets: &[&str]) {
-    let mut c = match np {
-        1 => {
-            let mut c = dml();
-            c.env("OMP_NUM_THREADS", "1");
-            c
-        }
-        _ => mpirun(np),
-    };
-    c.args(["train", "--config"]).arg(cfg).arg("--out").arg(out);
-    for s in sets {
-        c.args(["--set", s]);
-    }
-    ok(c);
-}
-
-/// 1 rank vs 2 ranks after 5 f64 steps (the pattern of tests/distributed.rs): the
-/// projections and per-order layers act before the gather, their gradients are summed.
+/// 1 rank vs 2 ranks after 5 f64 steps: the projections and per-order layers act
+/// before the gather, their gradients are summed.
 #[test]
 fn horde_world_size_invariance_f64() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    synth(&data, 8, 6, 36);
-    let cfg = small_config(tmp.path(), &data, "precision = \"f64\"");
-    let base = [
+    world_size_invariance(&[
         "model.head=horde",
         "model.bn=frozen",
         "model.horde_order=4",
         "model.horde_dim=64",
         "loss.name=multi_similarity",
         "miner.name=multi_similarity",
-    ];
-    let mut five = base.to_vec();
-    five.push("train.steps=5");
-    train(&cfg, &tmp.path().join("w1"), 1, &five);
-    train(&cfg, &tmp.path().join("w2"), 2, &five);
-    let diff = max_rel_diff(
-        &tmp.path().join("w1/model.safetensors"),
-        &tmp.path().join("w2/model.safetensors"),
-    );
-    assert!(
-        diff <= 1e-9,
-        "1 rank vs 2 ranks after 5 f64 steps: relative difference {diff}"
-    );
-    let mut one = base.to_vec();
-    one.push("train.steps=1");
-    train(&cfg, &tmp.path().join("w1b"), 1, &one);
-    let moved = max_rel_diff(
-        &tmp.path().join("w1/model.safetensors"),
-        &tmp.path().join("w1b/model.safetensors"),
-    );
-    assert!(
-        moved > 1e-6,
-        "weights barely changed between step 1 and 5: {moved}"
-    );
+    ]);
 }
 
 #[test]
