@@ -327,3 +327,27 @@ fn swa_with_training_batchnorm_saves_reestimated_statistics() {
     let d = (now - stale).abs().max().double_value(&[]);
     assert!(d > 1e-4, "{name} was not re-estimated ({d})");
 }
+
+/// A classifier smaller than the training split's label range is refused before the
+/// first step, naming the key and the size it needs.
+#[test]
+fn a_classifier_too_small_for_the_labels_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 8, 6, 36);
+    let cfg = small_config(tmp.path(), &data, "");
+    let mut c = dml();
+    c.args(["train", "--config"])
+        .arg(&cfg)
+        .args(["--set", "loss.name=group", "--set", "miner.name=none"])
+        .args(["--set", "model.classes=2", "--out"])
+        .arg(tmp.path().join("run"));
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // 8 classes → the training half has labels 0..=3: 4 classes are needed.
+    assert!(
+        err.contains("model.classes is 2") && err.contains("at least 4"),
+        "{err}"
+    );
+}

@@ -1,7 +1,7 @@
 //! Cross-entropy with label smoothing and temperature, the classification term of the
 //! heads with a classifier (BFE's `CrossEntropyLabelSmooth`, CGD's
 //! `LabelSmoothingCrossEntropyLoss`).
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// `mean_i [(1 − ε)·(−log p_i[y_i]) + ε·mean_c(−log p_i[c])]` with
 /// `p = softmax(logits / T)`; equal to
@@ -34,23 +34,4 @@ impl SmoothedCrossEntropy {
         let uniform = -logp.mean_dim([1i64].as_slice(), false, kind).mean(kind);
         nll * (1.0 - self.smoothing) + uniform * self.smoothing
     }
-}
-
-/// Checks that `labels` index the `classes` columns of a classifier.
-pub(crate) fn check_labels(labels: &Tensor, classes: i64) -> crate::Result<()> {
-    if labels.numel() == 0 {
-        return Ok(());
-    }
-    let (lo, hi) = (
-        labels.min().int64_value(&[]),
-        labels.max().to_kind(Kind::Int64).int64_value(&[]),
-    );
-    if lo < 0 || hi >= classes {
-        return Err(crate::Error::Config(format!(
-            "labels range over [{lo}, {hi}] but the classifier has {classes} classes: \
-             set model.classes to at least {} (or 0 to take it from data.train)",
-            hi + 1
-        )));
-    }
-    Ok(())
 }

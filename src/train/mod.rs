@@ -64,6 +64,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
     }
     let mut log = log::RunLog::open(run, comm.rank(), start, total)?;
     let mut schedule = dnc::Schedule::new(train.clone(), indices, sampler.clone(), dnc_state);
+    let autocast = use_autocast(cfg, &model);
     let mut next = start;
     while next < total {
         let phase = schedule.phase(next, total, cfg, &model, comm)?;
@@ -85,7 +86,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
                 comm,
                 teacher: teacher.as_ref(),
                 bucket_bytes: bucket_bytes(cfg),
-                autocast: use_autocast(cfg, &model),
+                autocast,
             };
             let slice = (slices > 1).then(|| ((step - 1) % slices, slices));
             let out = step::train_step(&env, &mut lp.optim, &batch, lr, step, slice)?;
@@ -282,7 +283,7 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
         0 => cfg.train.steps,
         e => e * sampler.batches_per_epoch(),
     };
-    let cfg = resolve_classes(cfg, &train);
+    let cfg = resolve_classes(cfg, &train)?;
     let device = crate::device::select(&cfg.train, comm.local_rank())?;
     let kind = crate::device::kind(cfg.train.precision, device)?;
     let model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
@@ -305,20 +306,31 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
 }
 
 /// `cfg` with `model.classes` taken from the training split when a classifier is
-/// needed (Group Loss, the BFE and CGD heads) and none was given.
-fn resolve_classes(cfg: &Config, train: &Dataset) -> Config {
+/// needed (Group Loss, the BFE and CGD heads) and none was given; a classifier too
+/// small for the split's labels is an error here, once, rather than in every step.
+fn resolve_classes(cfg: &Config, train: &Dataset) -> Result<Config> {
     let mut cfg = cfg.clone();
+    let labels = train
+        .labels()
+        .iter()
+        .map(|&l| l as usize + 1)
+        .max()
+        .unwrap_or(0);
     let needs = cfg.loss.name == crate::config::LossName::Group
         || matches!(cfg.model.head, HeadKind::Bfe | HeadKind::Cgd);
     if needs && cfg.model.classes == 0 {
-        cfg.model.classes = train
-            .labels()
-            .iter()
-            .map(|&l| l as usize + 1)
-            .max()
-            .unwrap_or(0);
+        cfg.model.classes = labels;
     }
-    cfg
+    if cfg.model.classes > 0 && cfg.model.classes < labels {
+        return Err(Error::Config(format!(
+            "model.classes is {}, but {} has labels up to {}: set model.classes to at least \
+             {labels} (or 0 to take it from data.train)",
+            cfg.model.classes,
+            train.path().display(),
+            labels - 1
+        )));
+    }
+    Ok(cfg)
 }
 
 /// The frozen teacher of a finished run directory: its `config.toml` and
