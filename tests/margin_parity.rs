@@ -218,3 +218,27 @@ fn margin_keys_parse_from_toml() {
     let d = Config::default();
     assert_eq!((d.loss.margin_beta, d.miner.cutoff), (1.2, 0.5));
 }
+
+/// The D&C recipes train with the official loss and sampler, and their objective builds.
+#[test]
+fn dnc_recipes_use_the_margin_loss() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for name in [
+        "quickstart-dnc",
+        "dnc-cub200",
+        "dnc-cars196",
+        "dnc-sop",
+        "dnc-inshop",
+    ] {
+        let cfg = Config::load(&dir.join(format!("{name}.toml")), &[]).unwrap();
+        assert_eq!(cfg.loss.name, LossName::Margin, "{name}");
+        assert_eq!(cfg.miner.name, MinerName::DncCutoff, "{name}");
+        assert_eq!(
+            (cfg.loss.margin, cfg.loss.margin_beta, cfg.miner.cutoff),
+            (0.2, 1.2, 0.5),
+            "{name}"
+        );
+        let obj = loss::Objective::build(&cfg).unwrap();
+        assert!(format!("{obj:?}").contains("margin(dnc_cutoff"), "{name}");
+    }
+}
