@@ -168,6 +168,9 @@ pub enum LossName {
     MultiSimilarity,
     /// Group Loss (Elezi et al. 2020).
     Group,
+    /// Margin loss (Wu et al. 2017) with a fixed boundary β, as Divide and Conquer
+    /// trains it (needs `miner.name = "dnc_cutoff"`).
+    Margin,
 }
 
 /// `[loss]`: the metric loss and its hyperparameters (papers' defaults).
@@ -176,8 +179,12 @@ pub enum LossName {
 pub struct LossConfig {
     /// Which loss.
     pub name: LossName,
-    /// Triplet margin m in `[d_ap − d_an + m]₊`.
+    /// Triplet margin m in `[d_ap − d_an + m]₊`; the margin loss's m in
+    /// `[d_ap − β + m]₊ + [β − d_an + m]₊`.
     pub margin: f64,
+    /// Margin loss: the fixed boundary β between positive and negative distances
+    /// (Divide and Conquer: 1.2, not optimised).
+    pub margin_beta: f64,
     /// Soft margin `softplus(d_ap − d_an)` instead of the hinge (triplet-reid's default).
     pub soft_margin: bool,
     /// Multi-Similarity α (positive scale).
@@ -225,6 +232,7 @@ impl Default for LossConfig {
         LossConfig {
             name: LossName::Triplet,
             margin: 0.2,
+            margin_beta: 1.2,
             soft_margin: false,
             ms_alpha: 2.0,
             ms_beta: 40.0,
@@ -253,6 +261,9 @@ pub enum MinerName {
     SemiHard,
     /// Multi-Similarity pair mining with ε.
     MultiSimilarity,
+    /// Divide and Conquer's sampler for the margin loss: per anchor, the closest
+    /// negatives at distance ≥ `miner.cutoff`, as many as the batch's positives per anchor.
+    DncCutoff,
     /// No mining: all pairs or triplets.
     None,
 }
@@ -265,6 +276,9 @@ pub struct MinerConfig {
     pub name: MinerName,
     /// Multi-Similarity miner ε.
     pub epsilon: f64,
+    /// `dnc_cutoff` miner: negatives closer than this (Euclidean, normalised
+    /// embeddings) are picked only when too few lie farther (official: 0.5).
+    pub cutoff: f64,
 }
 
 impl Default for MinerConfig {
@@ -272,6 +286,7 @@ impl Default for MinerConfig {
         MinerConfig {
             name: MinerName::BatchHard,
             epsilon: 0.1,
+            cutoff: 0.5,
         }
     }
 }

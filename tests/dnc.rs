@@ -1,5 +1,5 @@
 //! Divide and Conquer in training: the clustering and the weights are the same on 1
-//! and on 2 ranks (f64, frozen BatchNorm), and resuming inside a clustered phase
+//! and on 2 ranks (f64, frozen BatchNorm, D&C's margin loss and sampler), and resuming inside a clustered phase
 //! continues with the saved clusters (resume determinism).
 mod common;
 
@@ -47,8 +47,10 @@ fn clustering_and_weights_agree_on_one_and_two_ranks() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = setup(tmp.path(), "precision = \"f64\"");
     let (w1, w2) = (tmp.path().join("w1"), tmp.path().join("w2"));
-    train_dnc(1, &cfg, &w1, &[]);
-    train_dnc(2, &cfg, &w2, &[]);
+    // The official D&C loss: its sampler runs on the gathered batch on every rank.
+    let margin = ["loss.name=margin", "miner.name=dnc_cutoff"];
+    train_dnc(1, &cfg, &w1, &margin);
+    train_dnc(2, &cfg, &w2, &margin);
     // Step 3 lies in the phase clustered at step 2 (0-based), after training.
     let (c1, c2) = (clusters(&w1, 3), clusters(&w2, 3));
     assert_eq!(c1, c2, "the clustering differs between 1 and 2 ranks");

@@ -13,7 +13,10 @@
 //! | `triplet` | `none` | `TripletMarginLoss` on every valid triplet |
 //! | `multi_similarity` | `multi_similarity` | `MultiSimilarityMiner(ε)` + `MultiSimilarityLoss` |
 //! | `multi_similarity` | `none` | `MultiSimilarityLoss` on every pair |
+//! | `margin` | `dnc_cutoff` | `MarginLoss(margin, nu=0, beta)` on the triplets of D&C's sampler |
 //!
+//! [`MarginLoss`] follows Divide and Conquer's official loss and sampler
+//! (`tools/margin_ref.py`); PML has the loss but not the sampler.
 //! Group Loss has no PML counterpart; [`GroupLoss`] follows the official code
 //! (dvl-tum/group_loss) and `tools/group_loss_ref.py`.
 //!
@@ -34,6 +37,7 @@ pub mod classification;
 pub mod distance;
 pub mod distill;
 pub mod group;
+pub mod margin;
 pub mod multi_similarity;
 pub mod objective;
 pub mod stats;
@@ -41,6 +45,7 @@ pub mod triplet;
 
 pub use distance::Distance;
 pub use group::GroupLoss;
+pub use margin::MarginLoss;
 pub use multi_similarity::MultiSimilarityLoss;
 pub use objective::Objective;
 pub use stats::MiningStats;
@@ -69,7 +74,8 @@ pub struct LossOutput {
 ///
 /// Combinations without a meaning are a [`Error::Config`] naming both keys:
 /// a triplet loss needs a triplet miner (`batch_hard`, `batch_all`, `semi_hard`,
-/// `none`), Multi-Similarity a pair miner (`multi_similarity`, `none`).
+/// `none`), Multi-Similarity a pair miner (`multi_similarity`, `none`), and the margin
+/// loss and the `dnc_cutoff` miner go only with each other.
 ///
 /// ```no_run
 /// use dml::config::{LossConfig, MinerConfig};
@@ -91,6 +97,14 @@ pub fn build(loss: &LossConfig, miner: &MinerConfig) -> Result<Box<dyn MetricLos
                     MinerName::BatchAll => TripletMiner::All,
                     MinerName::SemiHard => TripletMiner::SemiHard,
                     MinerName::None => TripletMiner::None,
+                    MinerName::DncCutoff => {
+                        return Err(Error::Config(
+                            "miner.name = dnc_cutoff is the sampler of loss.name = margin: with \
+                         loss.name = triplet use miner.name = batch_hard, batch_all, semi_hard \
+                         or none"
+                                .into(),
+                        ))
+                    }
                     MinerName::MultiSimilarity => return Err(Error::Config(
                         "miner.name = multi_similarity mines pairs, but loss.name = triplet needs \
                          triplets: use miner.name = batch_hard, batch_all, semi_hard or none"
@@ -130,6 +144,27 @@ pub fn build(loss: &LossConfig, miner: &MinerConfig) -> Result<Box<dyn MetricLos
                 epsilon,
             )))
         }
+        LossName::Margin => {
+            if miner.name != MinerName::DncCutoff {
+                return Err(Error::Config(format!(
+                    "miner.name = {} is not a sampler of loss.name = margin: use \
+                     miner.name = dnc_cutoff",
+                    miner_name(miner.name)
+                )));
+            }
+            if distance != Distance::Euclidean {
+                return Err(Error::Config(
+                    "loss.distance = cosine is not defined for loss.name = margin (it works on \
+                     Euclidean distances): use loss.distance = auto or euclidean"
+                        .into(),
+                ));
+            }
+            Ok(Box::new(MarginLoss::new(
+                loss.margin,
+                loss.margin_beta,
+                miner.cutoff,
+            )))
+        }
         LossName::Group => Err(Error::Config(
             "loss.name = group works on embeddings and classifier logits: build it with \
              loss::Objective::build"
@@ -157,6 +192,7 @@ fn miner_name(m: MinerName) -> &'static str {
         MinerName::BatchAll => "batch_all",
         MinerName::SemiHard => "semi_hard",
         MinerName::MultiSimilarity => "multi_similarity",
+        MinerName::DncCutoff => "dnc_cutoff",
         MinerName::None => "none",
     }
 }
@@ -175,6 +211,12 @@ fn validate(loss: &LossConfig, miner: &MinerConfig) -> Result<()> {
     }
     if !loss.ms_base.is_finite() {
         return bad("loss.ms_base", loss.ms_base, "must be finite");
+    }
+    if !(loss.margin_beta.is_finite() && loss.margin_beta > 0.0) {
+        return bad("loss.margin_beta", loss.margin_beta, "must be positive");
+    }
+    if !(miner.cutoff.is_finite() && miner.cutoff >= 0.0) {
+        return bad("miner.cutoff", miner.cutoff, "must be finite and ≥ 0");
     }
     if !(miner.epsilon.is_finite() && miner.epsilon >= 0.0) {
         return bad("miner.epsilon", miner.epsilon, "must be finite and ≥ 0");
