@@ -20,6 +20,9 @@ pub struct DataConfig {
     pub test: String,
     /// Validation split; empty for none.
     pub val: String,
+    /// Gallery split of a query/gallery test protocol (In-Shop): `test` is then the
+    /// query split. Empty (default): the test split is searched against itself.
+    pub gallery: String,
     /// Side of the square crop fed to the trunk.
     pub image_size: usize,
     /// Shorter side the test transform resizes to before the centre crop.
@@ -40,6 +43,7 @@ impl Default for DataConfig {
             train: "data/synth/train.dmlds".into(),
             test: "data/synth/test.dmlds".into(),
             val: String::new(),
+            gallery: String::new(),
             image_size: 224,
             resize: 256,
             crop_scale: [0.16, 1.0],
@@ -344,6 +348,9 @@ pub enum LrPolicy {
     Triangular2,
     /// Triangular with the amplitude scaled by γ^iteration.
     ExpRange,
+    /// Piecewise constant: `optim.lr` times γ^(milestones passed), as torch's
+    /// `MultiStepLR`, or times `lr.factors[i]` after the i-th milestone.
+    Multistep,
 }
 
 /// `[lr]`: learning-rate schedule.
@@ -356,8 +363,18 @@ pub struct LrConfig {
     pub max_lr: f64,
     /// Half-cycle length in iterations.
     pub step_size: usize,
-    /// γ of `exp_range`.
+    /// γ of `exp_range`, and of `multistep` without `factors`.
     pub gamma: f64,
+    /// `multistep`: the steps (0-based optimiser step indices) at which the rate changes,
+    /// increasing.
+    pub milestones: Vec<usize>,
+    /// `multistep`: milestones in epochs (torch's `MultiStepLR` stepped once per epoch);
+    /// converted to `milestones` in steps from the sampler's epoch length when the run
+    /// starts. Set this or `milestones`, not both.
+    pub milestone_epochs: Vec<usize>,
+    /// `multistep`: the factor of `optim.lr` before the first milestone and after each
+    /// (one more than the milestones); empty: γ^(milestones passed).
+    pub factors: Vec<f64>,
 }
 
 impl Default for LrConfig {
@@ -367,6 +384,9 @@ impl Default for LrConfig {
             max_lr: 1e-3,
             step_size: 2000,
             gamma: 1.0,
+            milestones: Vec::new(),
+            milestone_epochs: Vec::new(),
+            factors: Vec::new(),
         }
     }
 }
@@ -722,7 +742,17 @@ impl Config {
                 format!("is {}, must be positive", self.optim.lr),
             );
         }
-        if self.lr.policy != LrPolicy::Constant {
+        if !self.data.gallery.is_empty() && self.data.test.is_empty() {
+            return fail(
+                "data.gallery",
+                "is set but data.test is empty: the query/gallery protocol takes its queries \
+                 from data.test"
+                    .into(),
+            );
+        }
+        if self.lr.policy == LrPolicy::Multistep {
+            self.validate_multistep()?;
+        } else if self.lr.policy != LrPolicy::Constant {
             if self.lr.max_lr.is_nan() || self.lr.max_lr < self.optim.lr {
                 return fail(
                     "lr.max_lr",
@@ -835,6 +865,57 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the `multistep` keys: increasing milestones given one way, factors that
+    /// match them, a positive γ.
+    fn validate_multistep(&self) -> Result<()> {
+        let lr = &self.lr;
+        let fail = |key: &str, msg: String| Err(Error::Config(format!("{key}: {msg}")));
+        let (key, milestones) = match (lr.milestones.is_empty(), lr.milestone_epochs.is_empty()) {
+            (false, false) => {
+                return fail(
+                    "lr.milestones / lr.milestone_epochs",
+                    "both are set: give the milestones in steps or in epochs, not both".into(),
+                )
+            }
+            (true, false) => ("lr.milestone_epochs", &lr.milestone_epochs),
+            _ => ("lr.milestones", &lr.milestones),
+        };
+        if milestones.is_empty() {
+            return fail(
+                "lr.milestones",
+                "lr.policy = multistep needs lr.milestones (steps) or lr.milestone_epochs".into(),
+            );
+        }
+        if milestones.windows(2).any(|w| w[0] >= w[1]) {
+            return fail(
+                key,
+                format!("is {milestones:?}, must be strictly increasing"),
+            );
+        }
+        if !lr.factors.is_empty() {
+            if lr.factors.len() != milestones.len() + 1 {
+                return fail(
+                    "lr.factors",
+                    format!(
+                        "has {} entries, needs one more than {key} ({}): the factor before the \
+                         first milestone and after each",
+                        lr.factors.len(),
+                        milestones.len()
+                    ),
+                );
+            }
+            if lr.factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+                return fail(
+                    "lr.factors",
+                    format!("is {:?}, must be positive", lr.factors),
+                );
+            }
+        } else if !(lr.gamma.is_finite() && lr.gamma > 0.0) {
+            return fail("lr.gamma", format!("is {}, must be positive", lr.gamma));
+        }
+        Ok(())
+    }
+
     /// Global batch size N·K.
     pub fn global_batch(&self) -> usize {
         self.sampler.classes_per_batch * self.sampler.samples_per_class
@@ -888,5 +969,29 @@ mod tests {
         .unwrap();
         let back = Config::parse(&c.to_toml().unwrap(), &[]).unwrap();
         assert_eq!(c, back);
+    }
+
+    #[test]
+    fn multistep_keys_are_checked() {
+        let parse = |sets: &[&str]| {
+            let mut all = vec!["lr.policy=multistep".to_string()];
+            all.extend(sets.iter().map(|s| s.to_string()));
+            Config::parse("", &all)
+        };
+        let err = |sets: &[&str]| parse(sets).unwrap_err().to_string();
+        assert!(err(&[]).contains("lr.milestones"));
+        assert!(err(&["lr.milestones=[5, 5]"]).contains("strictly increasing"));
+        let both = err(&["lr.milestones=[5]", "lr.milestone_epochs=[1]"]);
+        assert!(both.contains("not both"), "{both}");
+        let factors = err(&["lr.milestones=[5, 9]", "lr.factors=[1.0, 0.1]"]);
+        assert!(
+            factors.contains("lr.factors") && factors.contains("one more"),
+            "{factors}"
+        );
+        assert!(err(&["lr.milestones=[5]", "lr.gamma=0"]).contains("lr.gamma"));
+        let ok = parse(&["lr.milestone_epochs=[60, 80]", "lr.gamma=0.1"]).unwrap();
+        assert_eq!(ok.lr.milestone_epochs, vec![60, 80]);
+        // A cyclic policy's max_lr is not required of multistep.
+        assert!(parse(&["lr.milestones=[3]", "lr.max_lr=0"]).is_ok());
     }
 }

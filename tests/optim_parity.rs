@@ -294,6 +294,7 @@ fn cyclic_lr_matches_torch_for_three_cycles() {
             max_lr,
             step_size: step_size as usize,
             gamma,
+            ..LrConfig::default()
         };
         let lrs = f64s(&fx[&format!("lrs.{c}")]);
         assert!(lrs.len() > 6 * cfg.step_size, "fixture covers three cycles");
@@ -318,9 +319,45 @@ fn cyclic_lr_matches_torch_for_three_cycles() {
         max_lr: 1.0,
         step_size: 3,
         gamma: 0.5,
+        ..LrConfig::default()
     };
     for i in [0, 1, 3, 6, 1000] {
         assert_eq!(learning_rate(&cfg, 2e-4, i), 2e-4);
+    }
+}
+
+/// `multistep` against torch's `MultiStepLR` (γ per milestone) and `LambdaLR` with
+/// explicit factors (BFE's warm-up staircase), from tools/make_optim_fixtures.py.
+#[test]
+fn multistep_lr_matches_torch_multisteplr_and_lambdalr() {
+    let fx = load("multistep.safetensors");
+    let cases = cases()["multistep"].as_array().unwrap().clone();
+    assert_eq!(cases.len(), 3);
+    for (c, case) in cases.iter().enumerate() {
+        let milestones: Vec<usize> = case["milestones"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_u64().unwrap() as usize)
+            .collect();
+        let with_factors = !case["factors"].as_array().unwrap().is_empty();
+        let cfg = LrConfig {
+            policy: LrPolicy::Multistep,
+            milestones,
+            gamma: f64s(&fx[&format!("gamma.{c}")])[0],
+            factors: if with_factors {
+                f64s(&fx[&format!("factors.{c}")])
+            } else {
+                Vec::new()
+            },
+            ..LrConfig::default()
+        };
+        let base = f64s(&fx[&format!("base.{c}")])[0];
+        let lrs = f64s(&fx[&format!("lrs.{c}")]);
+        for (i, &want) in lrs.iter().enumerate() {
+            // Bit-identical: the same products in the same order as torch.
+            assert_eq!(learning_rate(&cfg, base, i), want, "case {c} step {i}");
+        }
     }
 }
 

@@ -16,3 +16,51 @@ fn every_recipe_parses() {
     }
     assert!(n >= 6, "only {n} recipes in {}", dir.display());
 }
+
+fn recipe(name: &str) -> dml::config::Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs")
+        .join(name);
+    dml::config::Config::load(&path, &[]).unwrap()
+}
+
+#[test]
+fn in_shop_recipes_use_the_query_gallery_protocol() {
+    for method in ["bfe", "cgd", "dnc", "horde"] {
+        let cfg = recipe(&format!("{method}-inshop.toml"));
+        assert_eq!(cfg.data.test, "data/inshop/query.dmlds", "{method}");
+        assert_eq!(cfg.data.gallery, "data/inshop/gallery.dmlds", "{method}");
+    }
+}
+
+#[test]
+fn bfe_and_cgd_recipes_carry_the_official_step_schedules() {
+    use dml::config::LrPolicy;
+    use dml::optim::learning_rate;
+    for data in ["cub200", "cars196", "sop", "inshop"] {
+        // CGD: MultiStepLR ×0.1 at epochs 60 and 80 of 100.
+        let cgd = recipe(&format!("cgd-{data}.toml"));
+        assert_eq!(cgd.lr.policy, LrPolicy::Multistep);
+        assert_eq!(cgd.lr.milestone_epochs, vec![60, 80]);
+        assert_eq!(cgd.lr.gamma, 0.1);
+        // BFE: adjust_lr(ep) with ep = epoch + 1 and base 1e-4, evaluated per epoch
+        // (one step per epoch here): ep // 5 + 1 times the base below ep 50, 1e-3 until
+        // 200, 1e-4 until 300, 1e-5 after.
+        let mut bfe = recipe(&format!("bfe-{data}.toml"));
+        bfe.lr.milestones = std::mem::take(&mut bfe.lr.milestone_epochs);
+        for epoch in 0..400 {
+            let ep = epoch + 1;
+            let want = match ep {
+                e if e < 50 => 1e-4 * (e / 5 + 1) as f64,
+                e if e < 200 => 1e-3,
+                e if e < 300 => 1e-4,
+                _ => 1e-5,
+            };
+            let got = learning_rate(&bfe.lr, bfe.optim.lr, epoch);
+            assert!(
+                (got - want).abs() <= 1e-15,
+                "bfe-{data} epoch {epoch}: {got} vs {want}"
+            );
+        }
+    }
+}

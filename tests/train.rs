@@ -271,6 +271,30 @@ fn reality_check_trains_four_folds_and_reports_each_and_the_concatenation() {
     let md = std::fs::read_to_string(out.join("reality_check.md")).unwrap();
     assert_eq!(md.lines().filter(|l| l.starts_with("| fold ")).count(), 4);
     assert!(md.contains("| concatenated | 128 |"));
+
+    // Query/gallery protocol (In-Shop): the trained folds are reused and only evaluated
+    // again. With the test split as its own gallery every query finds itself (similarity
+    // 1, the maximum) first, so P@1 is exactly 1 for each fold and the concatenation;
+    // the same-source protocol above excludes the query and cannot reach that.
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["reality-check", "--config"])
+        .arg(&cfg)
+        .args(["--set", "train.steps=2", "--set", "eval.every=2", "--set"])
+        .arg(format!(
+            "data.gallery={}",
+            data.join("test.dmlds").display()
+        ))
+        .arg("--out")
+        .arg(&out);
+    ok(c);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("reality_check.json")).unwrap())
+            .unwrap();
+    for fold in report["folds"].as_array().unwrap() {
+        assert_eq!(fold["precision_at_1"].as_f64(), Some(1.0));
+    }
+    assert_eq!(report["concatenated"]["precision_at_1"].as_f64(), Some(1.0));
 }
 
 /// SWA with `model.bn = "train"`: the saved model carries BatchNorm statistics

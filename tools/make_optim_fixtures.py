@@ -16,6 +16,9 @@ and
   clr.safetensors           torch.optim.lr_scheduler.CyclicLR learning rates for three
                             cycles of every mode (`lrs.<i>`) and each case's
                             [base_lr, max_lr, step_size, gamma] (`hyper.<i>`);
+  multistep.safetensors     torch.optim.lr_scheduler.MultiStepLR learning rates (`lrs.<i>`,
+                            γ in `gamma.<i>`) and LambdaLR with explicit per-milestone
+                            factors (`factors.<i>`), milestones in cases.json;
   cases.json                the structure of those files (names, shapes, modes) and a
                             readable copy of the numbers. Tests read every float from
                             the safetensors files, which hold them bit-exactly (JSON
@@ -31,7 +34,9 @@ import os
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torch.optim.lr_scheduler import CyclicLR
+from bisect import bisect_right
+
+from torch.optim.lr_scheduler import CyclicLR, LambdaLR, MultiStepLR
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 COMMAND = "/work/main/.venv/bin/python tools/make_optim_fixtures.py --out tests/fixtures/optim"
@@ -166,6 +171,32 @@ def clr_lrs(case):
     return lrs
 
 
+# MultiStepLR: γ^(milestones passed); LambdaLR: BFE's warm-up staircase and drops
+# (daizuozhuo/batch-dropblock-network adjust_lr, in epochs) as explicit factors.
+MULTISTEP_CASES = [
+    {"base_lr": 1e-4, "milestones": [3, 7, 8], "gamma": 0.1, "factors": [], "steps": 12},
+    {"base_lr": 3e-4, "milestones": [5], "gamma": 0.5, "factors": [], "steps": 9},
+    {"base_lr": 1e-4, "milestones": [4, 9, 14, 19, 24, 29, 34, 39, 44, 199, 299],
+     "gamma": 1.0, "factors": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 0.1], "steps": 320},
+]
+
+
+def multistep_lrs(case):
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([p], lr=case["base_lr"])
+    if case["factors"]:
+        ms, fs = case["milestones"], case["factors"]
+        sched = LambdaLR(opt, lambda e: fs[bisect_right(ms, e)])
+    else:
+        sched = MultiStepLR(opt, milestones=case["milestones"], gamma=case["gamma"])
+    lrs = []
+    for _ in range(case["steps"]):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tests/fixtures/optim")
@@ -199,6 +230,14 @@ def main():
         clr_tensors[f"hyper.{i}"] = torch.tensor(
             [c["base_lr"], c["max_lr"], c["step_size"], c["gamma"]], dtype=torch.float64)
     save_file(clr_tensors, os.path.join(args.out, "clr.safetensors"), metadata=META)
+    ms_tensors = {}
+    for i, c in enumerate(MULTISTEP_CASES):
+        ms_tensors[f"lrs.{i}"] = torch.tensor(multistep_lrs(c), dtype=torch.float64)
+        ms_tensors[f"base.{i}"] = torch.tensor([c["base_lr"]], dtype=torch.float64)
+        ms_tensors[f"gamma.{i}"] = torch.tensor([c["gamma"]], dtype=torch.float64)
+        ms_tensors[f"factors.{i}"] = torch.tensor([float(f) for f in c["factors"]] or [0.0],
+                                                  dtype=torch.float64)
+    save_file(ms_tensors, os.path.join(args.out, "multistep.safetensors"), metadata=META)
     cases = {
         "generated_by": META["generated_by"],
         "command": COMMAND,
@@ -211,6 +250,7 @@ def main():
         },
         "swa": {"snapshots": SWA_SNAPSHOTS, "bn_batches": BN_BATCHES, "bn_eps": BN_EPS},
         "clr": clr,
+        "multistep": MULTISTEP_CASES,
     }
     with open(os.path.join(args.out, "cases.json"), "w") as f:
         json.dump(cases, f, indent=1)

@@ -249,7 +249,8 @@ fn merge(into: &mut serde_json::Value, more: serde_json::Value) {
 
 /// What a run is built from, identically on every rank.
 pub struct Setup {
-    /// The config with the values resolved from the data (`model.classes`).
+    /// The config with the values resolved from the data (`model.classes`,
+    /// `lr.milestones` from `lr.milestone_epochs`).
     pub cfg: Config,
     /// The memory-mapped training split.
     pub train: Arc<Dataset>,
@@ -283,7 +284,7 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
         0 => cfg.train.steps,
         e => e * sampler.batches_per_epoch(),
     };
-    let cfg = resolve_classes(cfg, &train)?;
+    let cfg = resolve_milestones(resolve_classes(cfg, &train)?, sampler.batches_per_epoch());
     let device = crate::device::select(&cfg.train, comm.local_rank())?;
     let kind = crate::device::kind(cfg.train.precision, device)?;
     let model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
@@ -331,6 +332,17 @@ fn resolve_classes(cfg: &Config, train: &Dataset) -> Result<Config> {
         )));
     }
     Ok(cfg)
+}
+
+/// `cfg` with `lr.milestone_epochs` converted to `lr.milestones` in steps: epoch `e`
+/// starts at step `e · batches_per_epoch` (the sampler's epoch length). The resolved
+/// config (written to `RUN/config.toml`, read on resume) then holds steps only.
+fn resolve_milestones(mut cfg: Config, batches_per_epoch: usize) -> Config {
+    let epochs = std::mem::take(&mut cfg.lr.milestone_epochs);
+    if !epochs.is_empty() {
+        cfg.lr.milestones = epochs.iter().map(|e| e * batches_per_epoch).collect();
+    }
+    cfg
 }
 
 /// The frozen teacher of a finished run directory: its `config.toml` and
@@ -386,4 +398,23 @@ fn param_groups(model: &Model, head_lr_mult: f64) -> Vec<ParamGroup> {
             lr_mult: head_lr_mult,
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn milestone_epochs_become_steps_of_the_sampler_epoch() {
+        let mut cfg = Config::default();
+        cfg.lr.milestone_epochs = vec![2, 5];
+        let cfg = resolve_milestones(cfg, 7);
+        // Epoch e starts at step 7·e: 14 and 35; the epoch list is consumed.
+        assert_eq!(cfg.lr.milestones, vec![14, 35]);
+        assert!(cfg.lr.milestone_epochs.is_empty());
+        // Milestones given in steps stay as they are.
+        let mut cfg = Config::default();
+        cfg.lr.milestones = vec![3];
+        assert_eq!(resolve_milestones(cfg, 7).lr.milestones, vec![3]);
+    }
 }

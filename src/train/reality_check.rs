@@ -29,7 +29,8 @@ pub struct RealityCheckReport {
 }
 
 /// Trains one model per fold into `out/fold-F` (resuming a fold that has checkpoints, skipping
-/// one that finished), then evaluates each fold's best model on `data.test`. Rank 0 writes
+/// one that finished), then evaluates each fold's best model on `data.test` (against itself,
+/// or as queries against `data.gallery` when that is set). Rank 0 writes
 /// `out/reality_check.md` and `out/reality_check.json`.
 ///
 /// ```no_run
@@ -51,9 +52,14 @@ pub fn run(cfg: &Config, comm: &dyn Comm, out: &Path) -> Result<RealityCheckRepo
         ));
     }
     let test = Arc::new(Dataset::open(Path::new(&cfg.data.test))?);
+    let gallery = match cfg.data.gallery.as_str() {
+        "" => None,
+        g => Some(Arc::new(Dataset::open(Path::new(g))?)),
+    };
     let mut per_fold = Vec::new();
     let mut embeddings = Vec::new();
-    let mut labels = Vec::new();
+    let mut gallery_embeddings = Vec::new();
+    let (mut labels, mut gallery_labels) = (Vec::new(), Vec::new());
     for fold in 0..cfg.eval.folds {
         let mut fc = cfg.clone();
         fc.eval.fold = fold;
@@ -63,25 +69,29 @@ pub fn run(cfg: &Config, comm: &dyn Comm, out: &Path) -> Result<RealityCheckRepo
             super::run(&fc, comm, &dir, resume)?;
         }
         let model = super::load_model(&fc, comm, &best_weights(&dir))?;
-        let opts = EmbedOptions::from_config(cfg);
-        let (emb, lab) = embed_dataset(&model, comm, test.clone(), opts)?;
-        per_fold.push(evaluate(
-            &emb,
-            &lab,
-            &emb,
-            &lab,
-            true,
-            &EvalOptions::default(),
+        let (emb, lab) = embed_dataset(&model, comm, test.clone(), EmbedOptions::from_config(cfg))?;
+        labels = lab;
+        if let Some(g) = &gallery {
+            let (g_emb, g_lab) =
+                embed_dataset(&model, comm, g.clone(), EmbedOptions::from_config(cfg))?;
+            gallery_labels = g_lab;
+            gallery_embeddings.push(g_emb);
+        }
+        per_fold.push(test_metrics(
+            (&emb, &labels),
+            gallery_embeddings
+                .last()
+                .map(|g| (g, gallery_labels.as_slice())),
         )?);
         embeddings.push(emb);
-        labels = lab;
     }
-    let cat = Tensor::cat(&embeddings, 1);
-    let cat = &cat
-        / cat
-            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
-            .clamp_min(1e-12);
-    let concatenated = evaluate(&cat, &labels, &cat, &labels, true, &EvalOptions::default())?;
+    let cat = concat_normalised(&embeddings);
+    let gallery_cat =
+        (!gallery_embeddings.is_empty()).then(|| concat_normalised(&gallery_embeddings));
+    let concatenated = test_metrics(
+        (&cat, &labels),
+        gallery_cat.as_ref().map(|g| (g, gallery_labels.as_slice())),
+    )?;
     let d = embeddings
         .first()
         .map(|e| e.size()[1] as usize)
@@ -95,6 +105,25 @@ pub fn run(cfg: &Config, comm: &dyn Comm, out: &Path) -> Result<RealityCheckRepo
         write_report(&report, out)?;
     }
     Ok(report)
+}
+
+/// The test metrics of query embeddings: against themselves (same source) or, with
+/// `data.gallery`, against the gallery's.
+fn test_metrics(query: (&Tensor, &[i64]), gallery: Option<(&Tensor, &[i64])>) -> Result<Metrics> {
+    let opts = EvalOptions::default();
+    match gallery {
+        Some((g, gl)) => evaluate(query.0, query.1, g, gl, false, &opts),
+        None => evaluate(query.0, query.1, query.0, query.1, true, &opts),
+    }
+}
+
+/// The folds' embeddings side by side, rows re-normalised to unit length.
+fn concat_normalised(parts: &[Tensor]) -> Tensor {
+    let cat = Tensor::cat(parts, 1);
+    let norm = cat
+        .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+        .clamp_min(1e-12);
+    &cat / norm
 }
 
 /// `best/model.safetensors` when validation chose one, else the final model.
