@@ -190,57 +190,106 @@ struct Region<'a> {
     width: usize,
 }
 
-/// Fixed-point filter taps of one axis: output `i` reads `len[i]` inputs from
-/// `start[i]` with weights `taps[i * ksize..]`.
+/// Fixed-point filter taps of one axis, padded to a common width: output `i` reads the
+/// `ksize` inputs from `start[i]` with weights `taps[i * ksize..]`. Pillow's taps are
+/// kept as they are; padding taps are zero, so the sums (and the rounding) are Pillow's.
+#[derive(Default)]
 struct Coeffs {
     ksize: usize,
     start: Vec<usize>,
-    len: Vec<usize>,
     taps: Vec<i32>,
 }
 
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear filter,
-/// mapping `in_size` inputs onto `out_size` outputs.
-fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
+/// mapping `in_size` inputs onto `out_size` outputs, written into `c` (reusing its
+/// buffers). Pillow's zero taps at either end of a window are dropped (adding zero
+/// changes no sum), the table is padded to the widest remaining window, and windows that
+/// would run past the input are moved left with their taps shifted right, so that every
+/// output reads exactly `c.ksize` inputs. With `flip`, the table is stored in mirrored
+/// output order.
+fn coeffs_into(c: &mut Coeffs, in_size: usize, out_size: usize, flip: bool) {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = filterscale; // bilinear support is 1
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut c = Coeffs {
-        ksize,
-        start: Vec::with_capacity(out_size),
-        len: Vec::with_capacity(out_size),
-        taps: vec![0; out_size * ksize],
+    let ksize = filterscale.ceil() as usize * 2 + 1; // bilinear support is 1
+    let mut buf = [0i32; 64];
+    let mut heap = Vec::new();
+    let row: &mut [i32] = if ksize <= buf.len() {
+        &mut buf[..ksize]
+    } else {
+        heap.resize(ksize, 0);
+        &mut heap
     };
-    let mut k = vec![0f64; ksize];
+    // First pass: the widest span of non-zero taps.
+    let mut kpad = 1;
     for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
-        // C's (int) cast truncates towards zero.
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let n = xmax.saturating_sub(xmin).min(ksize);
-        let mut ww = 0.0;
-        for (x, kx) in k.iter_mut().enumerate().take(n) {
-            let t = ((x + xmin) as f64 - center + 0.5) * ss;
-            let t = t.abs();
-            *kx = if t < 1.0 { 1.0 - t } else { 0.0 };
-            ww += *kx;
-        }
-        let row = &mut c.taps[xx * ksize..xx * ksize + n];
-        for (tap, &kx) in row.iter_mut().zip(&k[..n]) {
-            let v = if ww != 0.0 { kx / ww } else { kx };
-            let f = v * (1u32 << PRECISION_BITS) as f64;
-            *tap = if v < 0.0 {
-                (f - 0.5) as i32
-            } else {
-                (f + 0.5) as i32
-            };
-        }
-        c.start.push(xmin);
-        c.len.push(n);
+        let (xmin, n) = pillow_taps(xx, scale, in_size, row);
+        let (a, b) = nonzero_span(&row[..n]);
+        kpad = kpad.max(b.saturating_sub(a));
+        debug_assert!(xmin + n <= in_size);
     }
-    c
+    let kpad = kpad.min(in_size).max(1);
+    c.ksize = kpad;
+    c.start.clear();
+    c.start.resize(out_size, 0);
+    c.taps.clear();
+    c.taps.resize(out_size * kpad, 0);
+    for xx in 0..out_size {
+        let (xmin, n) = pillow_taps(xx, scale, in_size, row);
+        let (a, b) = nonzero_span(&row[..n]);
+        let first = xmin + a;
+        let x0 = first.min(in_size - kpad);
+        let slot = if flip { out_size - 1 - xx } else { xx };
+        c.start[slot] = x0;
+        let shift = first - x0;
+        c.taps[slot * kpad + shift..slot * kpad + shift + (b - a)].copy_from_slice(&row[a..b]);
+    }
+}
+
+/// Pillow's fixed-point taps of output `xx` into `row`; returns `(xmin, n)`: the taps
+/// `row[..n]` weight inputs `xmin..xmin + n`.
+fn pillow_taps(xx: usize, scale: f64, in_size: usize, row: &mut [i32]) -> (usize, usize) {
+    let filterscale = scale.max(1.0);
+    let support = filterscale;
+    let ksize = row.len();
+    let center = (xx as f64 + 0.5) * scale;
+    let ss = 1.0 / filterscale;
+    // C's (int) cast truncates towards zero.
+    let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+    let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+    let n = xmax.saturating_sub(xmin).min(ksize);
+    // Pillow's bilinear filter; evaluated twice per tap (for the sum, then for the
+    // normalised value), with identical results, so that no buffer is needed.
+    let weight = |x: usize| {
+        let t = (((x + xmin) as f64 - center + 0.5) * ss).abs();
+        if t < 1.0 {
+            1.0 - t
+        } else {
+            0.0
+        }
+    };
+    let ww: f64 = (0..n).map(weight).sum();
+    for (x, tap) in row.iter_mut().enumerate().take(n) {
+        let kx = weight(x);
+        let v = if ww != 0.0 { kx / ww } else { kx };
+        let f = v * (1u32 << PRECISION_BITS) as f64;
+        *tap = if v < 0.0 {
+            (f - 0.5) as i32
+        } else {
+            (f + 0.5) as i32
+        };
+    }
+    (xmin, n)
+}
+
+/// The range of `row` from its first to past its last non-zero entry (empty if none).
+fn nonzero_span(row: &[i32]) -> (usize, usize) {
+    match row.iter().position(|&t| t != 0) {
+        Some(a) => (
+            a,
+            row.len() - row.iter().rev().position(|&t| t != 0).unwrap_or(0),
+        ),
+        None => (0, 0),
+    }
 }
 
 #[inline]
@@ -248,68 +297,202 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// Per-thread buffers reused across images.
+#[derive(Default)]
+struct Scratch {
+    horizontal: Coeffs,
+    vertical: Coeffs,
+    tmp: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// Resizes `r` to `out_h × out_w` (horizontal pass first, u8 in between, like Pillow),
 /// mirroring columns if `flip`.
 fn resample(r: &Region, out_h: usize, out_w: usize, flip: bool, out: &mut [u8]) {
-    let cv = coeffs(r.height, out_h);
-    let first = cv.start.first().copied().unwrap_or(0);
-    let last = match out_h {
-        0 => 0,
-        _ => cv.start[out_h - 1] + cv.len[out_h - 1],
+    if out_h == 0 || out_w == 0 {
+        return;
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let Scratch {
+            horizontal,
+            vertical,
+            tmp,
+        } = &mut *s;
+        resample_with(r, out_h, out_w, flip, out, horizontal, vertical, tmp);
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resample_with(
+    r: &Region,
+    out_h: usize,
+    out_w: usize,
+    flip: bool,
+    out: &mut [u8],
+    ch: &mut Coeffs,
+    cv: &mut Coeffs,
+    tmp: &mut Vec<u8>,
+) {
+    let row_len = out_w * 3;
+    // The vertical pass reads rows first..last of the crop (Pillow's ybox_first/last).
+    let (first, last) = if r.height == out_h {
+        (0, out_h)
+    } else {
+        coeffs_into(cv, r.height, out_h, false);
+        let first = cv.start.iter().copied().min().unwrap_or(0);
+        let last = cv.start.iter().copied().max().unwrap_or(0) + cv.ksize;
+        (first, last)
     };
     let rows = last - first;
-    let row_len = out_w * 3;
+    let into_out = r.height == out_h;
+    if !into_out {
+        tmp.clear();
+        tmp.resize(rows * row_len, 0);
+    }
+    let dst_all: &mut [u8] = if into_out { out } else { &mut tmp[..] };
     // Horizontal pass over the rows the vertical pass reads.
-    let mut tmp = vec![0u8; rows * row_len];
     if r.width == out_w {
-        for y in 0..rows {
+        for (y, dst) in dst_all.chunks_exact_mut(row_len).enumerate() {
             let s = (r.top + first + y) * r.stride + r.left * 3;
-            let dst = &mut tmp[y * row_len..(y + 1) * row_len];
             dst.copy_from_slice(&r.img[s..s + row_len]);
             if flip {
                 mirror(dst);
             }
         }
     } else {
-        let ch = coeffs(r.width, out_w);
-        for y in 0..rows {
+        coeffs_into(ch, r.width, out_w, flip);
+        for (y, dst) in dst_all.chunks_exact_mut(row_len).enumerate() {
             let s = (r.top + first + y) * r.stride + r.left * 3;
             let src = &r.img[s..s + r.width * 3];
-            let dst = &mut tmp[y * row_len..(y + 1) * row_len];
-            for xx in 0..out_w {
-                let (x0, n) = (ch.start[xx], ch.len[xx]);
-                let taps = &ch.taps[xx * ch.ksize..xx * ch.ksize + n];
-                let px = &src[x0 * 3..(x0 + n) * 3];
-                let (mut a, mut b, mut c) = (HALF, HALF, HALF);
-                for (t, p) in taps.iter().zip(px.chunks_exact(3)) {
-                    a += p[0] as i32 * t;
-                    b += p[1] as i32 * t;
-                    c += p[2] as i32 * t;
-                }
-                let ox = if flip { out_w - 1 - xx } else { xx };
-                dst[ox * 3] = clip8(a);
-                dst[ox * 3 + 1] = clip8(b);
-                dst[ox * 3 + 2] = clip8(c);
+            match ch.ksize {
+                2 => horizontal::<2>(src, ch, dst),
+                3 => horizontal::<3>(src, ch, dst),
+                4 => horizontal::<4>(src, ch, dst),
+                5 => horizontal::<5>(src, ch, dst),
+                6 => horizontal::<6>(src, ch, dst),
+                7 => horizontal::<7>(src, ch, dst),
+                _ => horizontal_any(src, ch, dst),
             }
         }
     }
-    // Vertical pass.
-    if r.height == out_h {
-        out.copy_from_slice(&tmp[..out_h * row_len]);
+    if into_out {
         return;
     }
+    match cv.ksize {
+        _ if !split_ok(cv) => vertical_any(tmp, cv, first, row_len, out),
+        2 => vertical::<2>(tmp, cv, first, row_len, out),
+        3 => vertical::<3>(tmp, cv, first, row_len, out),
+        4 => vertical::<4>(tmp, cv, first, row_len, out),
+        5 => vertical::<5>(tmp, cv, first, row_len, out),
+        6 => vertical::<6>(tmp, cv, first, row_len, out),
+        7 => vertical::<7>(tmp, cv, first, row_len, out),
+        _ => vertical_any(tmp, cv, first, row_len, out),
+    }
+}
+
+/// One row of the horizontal pass with `K` taps per output pixel.
+#[inline(never)]
+fn horizontal<const K: usize>(src: &[u8], c: &Coeffs, dst: &mut [u8]) {
+    for ((px, &x0), taps) in dst
+        .chunks_exact_mut(3)
+        .zip(&c.start)
+        .zip(c.taps.chunks_exact(K))
+    {
+        let Some(s) = src.get(x0 * 3..x0 * 3 + 3 * K) else {
+            continue;
+        };
+        let (mut a, mut b, mut d) = (HALF, HALF, HALF);
+        for (p, &t) in s.chunks_exact(3).zip(taps) {
+            a += p[0] as i32 * t;
+            b += p[1] as i32 * t;
+            d += p[2] as i32 * t;
+        }
+        px[0] = clip8(a);
+        px[1] = clip8(b);
+        px[2] = clip8(d);
+    }
+}
+
+/// [`horizontal`] for any number of taps.
+fn horizontal_any(src: &[u8], c: &Coeffs, dst: &mut [u8]) {
+    let k = c.ksize;
+    for ((px, &x0), taps) in dst
+        .chunks_exact_mut(3)
+        .zip(&c.start)
+        .zip(c.taps.chunks_exact(k))
+    {
+        let s = &src[x0 * 3..(x0 + k) * 3];
+        let (mut a, mut b, mut d) = (HALF, HALF, HALF);
+        for (p, &t) in s.chunks_exact(3).zip(taps) {
+            a += p[0] as i32 * t;
+            b += p[1] as i32 * t;
+            d += p[2] as i32 * t;
+        }
+        px[0] = clip8(a);
+        px[1] = clip8(b);
+        px[2] = clip8(d);
+    }
+}
+
+/// The vertical pass with `K` taps per output row. Each tap `t` (bilinear taps are
+/// non-negative and sum to about 2²²) is split as `t = hi · 2¹⁵ + lo` with `lo` in
+/// `0..2¹⁵`: `Σ p · hi ≤ 255 · 128` fits an i16 and `p · lo` is a 16 × 16-bit product, so
+/// both sums vectorise on every x86-64 (32-bit multiplies do not before SSE4.1) while
+/// `(Σ p · hi) · 2¹⁵ + Σ p · lo` is exactly Pillow's `Σ p · t`.
+#[inline(never)]
+fn vertical<const K: usize>(tmp: &[u8], c: &Coeffs, first: usize, row_len: usize, out: &mut [u8]) {
+    for ((orow, &y0), taps) in out
+        .chunks_exact_mut(row_len)
+        .zip(&c.start)
+        .zip(c.taps.chunks_exact(K))
+    {
+        let y0 = y0 - first;
+        let block = &tmp[y0 * row_len..(y0 + K) * row_len];
+        let hi: [i16; K] = std::array::from_fn(|j| (taps[j] >> 15) as i16);
+        let lo: [u16; K] = std::array::from_fn(|j| (taps[j] & 0x7fff) as u16);
+        let rows: [&[u8]; K] = std::array::from_fn(|j| &block[j * row_len..(j + 1) * row_len]);
+        for (i, o) in orow.iter_mut().enumerate() {
+            let (mut sh, mut sl) = (0i16, HALF);
+            for j in 0..K {
+                let p = rows[j][i];
+                sh = sh.wrapping_add((p as i16).wrapping_mul(hi[j]));
+                sl += (u32::from(p) * u32::from(lo[j])) as i32;
+            }
+            *o = clip8(((sh as i32) << 15) + sl);
+        }
+    }
+}
+
+/// Whether [`vertical`]'s split sums are exact for these taps: all taps non-negative and
+/// each output's `Σ hi ≤ 128` (so that `Σ p · hi ≤ 32 640` fits an i16).
+fn split_ok(c: &Coeffs) -> bool {
+    c.taps
+        .chunks_exact(c.ksize.max(1))
+        .all(|t| t.iter().all(|&v| v >= 0) && t.iter().map(|&v| v >> 15).sum::<i32>() <= 128)
+}
+
+/// [`vertical`] for any number of taps.
+fn vertical_any(tmp: &[u8], c: &Coeffs, first: usize, row_len: usize, out: &mut [u8]) {
+    let k = c.ksize;
     let mut acc = vec![0i32; row_len];
-    for yy in 0..out_h {
-        let (y0, n) = (cv.start[yy] - first, cv.len[yy]);
-        let taps = &cv.taps[yy * cv.ksize..yy * cv.ksize + n];
+    for ((orow, &y0), taps) in out
+        .chunks_exact_mut(row_len)
+        .zip(&c.start)
+        .zip(c.taps.chunks_exact(k))
+    {
+        let y0 = y0 - first;
         acc.fill(HALF);
-        for (i, &t) in taps.iter().enumerate() {
-            let row = &tmp[(y0 + i) * row_len..(y0 + i + 1) * row_len];
+        for (j, &t) in taps.iter().enumerate() {
+            let row = &tmp[(y0 + j) * row_len..(y0 + j + 1) * row_len];
             for (a, &p) in acc.iter_mut().zip(row) {
                 *a += p as i32 * t;
             }
         }
-        for (o, &a) in out[yy * row_len..(yy + 1) * row_len].iter_mut().zip(&acc) {
+        for (o, &a) in orow.iter_mut().zip(&acc) {
             *o = clip8(a);
         }
     }
