@@ -303,6 +303,8 @@ struct Scratch {
     horizontal: Coeffs,
     vertical: Coeffs,
     tmp: Vec<u8>,
+    lanes: Vec<u16>,
+    gather: Vec<u8>,
 }
 
 thread_local! {
@@ -317,26 +319,25 @@ fn resample(r: &Region, out_h: usize, out_w: usize, flip: bool, out: &mut [u8]) 
     }
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        let Scratch {
-            horizontal,
-            vertical,
-            tmp,
-        } = &mut *s;
-        resample_with(r, out_h, out_w, flip, out, horizontal, vertical, tmp);
+        resample_with(r, out_h, out_w, flip, out, &mut s);
     });
 }
 
-#[allow(clippy::too_many_arguments)]
 fn resample_with(
     r: &Region,
     out_h: usize,
     out_w: usize,
     flip: bool,
     out: &mut [u8],
-    ch: &mut Coeffs,
-    cv: &mut Coeffs,
-    tmp: &mut Vec<u8>,
+    scratch: &mut Scratch,
 ) {
+    let Scratch {
+        horizontal: ch,
+        vertical: cv,
+        tmp,
+        lanes,
+        gather,
+    } = scratch;
     let row_len = out_w * 3;
     // The vertical pass reads rows first..last of the crop (Pillow's ybox_first/last).
     let (first, last) = if r.height == out_h {
@@ -365,16 +366,21 @@ fn resample_with(
         }
     } else {
         coeffs_into(ch, r.width, out_w, flip);
+        let vectorised = (2..=6).contains(&ch.ksize) && split_ok(ch);
+        if vectorised {
+            lane_taps(ch, row_len, lanes);
+            gather.clear();
+            gather.resize(ch.ksize * row_len, 0);
+        }
         for (y, dst) in dst_all.chunks_exact_mut(row_len).enumerate() {
             let s = (r.top + first + y) * r.stride + r.left * 3;
             let src = &r.img[s..s + r.width * 3];
             match ch.ksize {
-                2 => horizontal::<2>(src, ch, dst),
-                3 => horizontal::<3>(src, ch, dst),
-                4 => horizontal::<4>(src, ch, dst),
-                5 => horizontal::<5>(src, ch, dst),
-                6 => horizontal::<6>(src, ch, dst),
-                7 => horizontal::<7>(src, ch, dst),
+                2 if vectorised => horizontal_lanes::<2>(src, ch, lanes, gather, dst),
+                3 if vectorised => horizontal_lanes::<3>(src, ch, lanes, gather, dst),
+                4 if vectorised => horizontal_lanes::<4>(src, ch, lanes, gather, dst),
+                5 if vectorised => horizontal_lanes::<5>(src, ch, lanes, gather, dst),
+                6 if vectorised => horizontal_lanes::<6>(src, ch, lanes, gather, dst),
                 _ => horizontal_any(src, ch, dst),
             }
         }
@@ -389,35 +395,91 @@ fn resample_with(
         4 => vertical::<4>(tmp, cv, first, row_len, out),
         5 => vertical::<5>(tmp, cv, first, row_len, out),
         6 => vertical::<6>(tmp, cv, first, row_len, out),
-        7 => vertical::<7>(tmp, cv, first, row_len, out),
         _ => vertical_any(tmp, cv, first, row_len, out),
     }
 }
 
-/// One row of the horizontal pass with `K` taps per output pixel.
-#[inline(never)]
-fn horizontal<const K: usize>(src: &[u8], c: &Coeffs, dst: &mut [u8]) {
-    for ((px, &x0), taps) in dst
-        .chunks_exact_mut(3)
-        .zip(&c.start)
-        .zip(c.taps.chunks_exact(K))
-    {
-        let Some(s) = src.get(x0 * 3..x0 * 3 + 3 * K) else {
-            continue;
-        };
-        let (mut a, mut b, mut d) = (HALF, HALF, HALF);
-        for (p, &t) in s.chunks_exact(3).zip(taps) {
-            a += p[0] as i32 * t;
-            b += p[1] as i32 * t;
-            d += p[2] as i32 * t;
+/// Splits a tap `t` (non-negative, below 2²⁴) as `t = hi · 2¹⁵ + m · 2⁸ + l` with
+/// `m < 2⁷` and `l < 2⁸`, so that each product with a u8 pixel fits a u16.
+fn split_tap(t: i32) -> (u16, u16, u16) {
+    (
+        (t >> 15) as u16,
+        ((t >> 8) & 0x7f) as u16,
+        (t & 0xff) as u16,
+    )
+}
+
+/// Pillow's `clip8(HALF + Σ p · t)` from the split sums of [`split_tap`]:
+/// `Σ p · t = (Σ p · hi) · 2¹⁵ + (Σ p · m) · 2⁸ + Σ p · l`. `Σ p · hi ≤ 255 · 128` is
+/// exact in a wrapping u16 (see [`split_ok`]); the other two are summed in u32. Only
+/// 16-bit multiplies are involved, which vectorise on every x86-64 (32-bit ones do not
+/// before SSE4.1).
+#[inline(always)]
+fn mac<const K: usize>(p: [u8; K], hi: [u16; K], m: [u16; K], l: [u16; K]) -> u8 {
+    let (mut sh, mut sm, mut sl) = (0u16, 0u32, 0u32);
+    for j in 0..K {
+        let p = u16::from(p[j]);
+        sh = sh.wrapping_add(p.wrapping_mul(hi[j]));
+        sm += u32::from(p.wrapping_mul(m[j]));
+        sl += u32::from(p.wrapping_mul(l[j]));
+    }
+    clip8(((i32::from(sh)) << 15) + ((sm << 8) + sl) as i32 + HALF)
+}
+
+/// The split taps of a horizontal table, one per output byte: for tap `j`,
+/// `lanes[j * row_len..]` holds `hi`, `lanes[(K + j) * row_len..]` `m` and
+/// `lanes[(2K + j) * row_len..]` `l` of each output column, repeated for its 3 channels.
+fn lane_taps(c: &Coeffs, row_len: usize, lanes: &mut Vec<u16>) {
+    let k = c.ksize;
+    lanes.clear();
+    lanes.resize(3 * k * row_len, 0);
+    for (x, taps) in c.taps.chunks_exact(k).enumerate() {
+        for (j, &t) in taps.iter().enumerate() {
+            let (h, m, l) = split_tap(t);
+            for (part, v) in [h, m, l].into_iter().enumerate() {
+                let at = (part * k + j) * row_len + x * 3;
+                lanes[at..at + 3].fill(v);
+            }
         }
-        px[0] = clip8(a);
-        px[1] = clip8(b);
-        px[2] = clip8(d);
     }
 }
 
-/// [`horizontal`] for any number of taps.
+/// One row of the horizontal pass with `K` taps per output pixel: the `K` input pixels
+/// of every output are first gathered into `K` rows (`gather[j * row_len..]` holds tap
+/// `j`'s pixel of every output), which are then summed lane by lane like the vertical
+/// pass, with per-lane taps from [`lane_taps`].
+#[inline(never)]
+fn horizontal_lanes<const K: usize>(
+    src: &[u8],
+    c: &Coeffs,
+    lanes: &[u16],
+    gather: &mut [u8],
+    dst: &mut [u8],
+) {
+    let row_len = dst.len();
+    for (x, &x0) in c.start.iter().enumerate() {
+        let s = &src[x0 * 3..x0 * 3 + 3 * K];
+        for (j, px) in s.chunks_exact(3).enumerate() {
+            let at = j * row_len + x * 3;
+            gather[at..at + 3].copy_from_slice(px);
+        }
+    }
+    let g: [&[u8]; K] = std::array::from_fn(|j| &gather[j * row_len..(j + 1) * row_len]);
+    let part = |p: usize, j: usize| &lanes[(p * K + j) * row_len..(p * K + j + 1) * row_len];
+    let hi: [&[u16]; K] = std::array::from_fn(|j| part(0, j));
+    let m: [&[u16]; K] = std::array::from_fn(|j| part(1, j));
+    let l: [&[u16]; K] = std::array::from_fn(|j| part(2, j));
+    for (i, o) in dst.iter_mut().enumerate() {
+        *o = mac::<K>(
+            std::array::from_fn(|j| g[j][i]),
+            std::array::from_fn(|j| hi[j][i]),
+            std::array::from_fn(|j| m[j][i]),
+            std::array::from_fn(|j| l[j][i]),
+        );
+    }
+}
+
+/// The horizontal pass for any number of taps, one output pixel at a time.
 fn horizontal_any(src: &[u8], c: &Coeffs, dst: &mut [u8]) {
     let k = c.ksize;
     for ((px, &x0), taps) in dst
@@ -438,11 +500,7 @@ fn horizontal_any(src: &[u8], c: &Coeffs, dst: &mut [u8]) {
     }
 }
 
-/// The vertical pass with `K` taps per output row. Each tap `t` (bilinear taps are
-/// non-negative and sum to about 2²²) is split as `t = hi · 2¹⁵ + lo` with `lo` in
-/// `0..2¹⁵`: `Σ p · hi ≤ 255 · 128` fits an i16 and `p · lo` is a 16 × 16-bit product, so
-/// both sums vectorise on every x86-64 (32-bit multiplies do not before SSE4.1) while
-/// `(Σ p · hi) · 2¹⁵ + Σ p · lo` is exactly Pillow's `Σ p · t`.
+/// The vertical pass with `K` taps per output row, summed with [`mac`].
 #[inline(never)]
 fn vertical<const K: usize>(tmp: &[u8], c: &Coeffs, first: usize, row_len: usize, out: &mut [u8]) {
     for ((orow, &y0), taps) in out
@@ -452,23 +510,20 @@ fn vertical<const K: usize>(tmp: &[u8], c: &Coeffs, first: usize, row_len: usize
     {
         let y0 = y0 - first;
         let block = &tmp[y0 * row_len..(y0 + K) * row_len];
-        let hi: [i16; K] = std::array::from_fn(|j| (taps[j] >> 15) as i16);
-        let lo: [u16; K] = std::array::from_fn(|j| (taps[j] & 0x7fff) as u16);
+        let split: [(u16, u16, u16); K] = std::array::from_fn(|j| split_tap(taps[j]));
+        let hi: [u16; K] = std::array::from_fn(|j| split[j].0);
+        let m: [u16; K] = std::array::from_fn(|j| split[j].1);
+        let l: [u16; K] = std::array::from_fn(|j| split[j].2);
         let rows: [&[u8]; K] = std::array::from_fn(|j| &block[j * row_len..(j + 1) * row_len]);
         for (i, o) in orow.iter_mut().enumerate() {
-            let (mut sh, mut sl) = (0i16, HALF);
-            for j in 0..K {
-                let p = rows[j][i];
-                sh = sh.wrapping_add((p as i16).wrapping_mul(hi[j]));
-                sl += (u32::from(p) * u32::from(lo[j])) as i32;
-            }
-            *o = clip8(((sh as i32) << 15) + sl);
+            *o = mac::<K>(std::array::from_fn(|j| rows[j][i]), hi, m, l);
         }
     }
 }
 
-/// Whether [`vertical`]'s split sums are exact for these taps: all taps non-negative and
-/// each output's `Σ hi ≤ 128` (so that `Σ p · hi ≤ 32 640` fits an i16).
+/// Whether [`mac`]'s split sums are exact for these taps: all taps non-negative and
+/// each output's `Σ hi ≤ 128` (so that `Σ p · hi ≤ 32 640` fits a u16 and the total an
+/// i32). Pillow's bilinear taps sum to 2²² give or take rounding, so this always holds.
 fn split_ok(c: &Coeffs) -> bool {
     c.taps
         .chunks_exact(c.ksize.max(1))
