@@ -198,6 +198,10 @@ struct Coeffs {
     ksize: usize,
     start: Vec<usize>,
     taps: Vec<i32>,
+    /// Pillow's unpadded taps (`ksize` of Pillow per output) while the table is built.
+    raw: Vec<i32>,
+    /// `(first input, non-zero span start, end)` per output while the table is built.
+    spans: Vec<(usize, usize, usize)>,
 }
 
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear filter,
@@ -211,21 +215,16 @@ fn coeffs_into(c: &mut Coeffs, in_size: usize, out_size: usize, flip: bool) {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let ksize = filterscale.ceil() as usize * 2 + 1; // bilinear support is 1
-    let mut buf = [0i32; 64];
-    let mut heap = Vec::new();
-    let row: &mut [i32] = if ksize <= buf.len() {
-        &mut buf[..ksize]
-    } else {
-        heap.resize(ksize, 0);
-        &mut heap
-    };
-    // First pass: the widest span of non-zero taps.
+                                                     // First pass: Pillow's taps and the widest span of non-zero taps.
+    c.raw.clear();
+    c.raw.resize(out_size * ksize, 0);
+    c.spans.clear();
     let mut kpad = 1;
-    for xx in 0..out_size {
+    for (xx, row) in c.raw.chunks_exact_mut(ksize).enumerate() {
         let (xmin, n) = pillow_taps(xx, scale, in_size, row);
         let (a, b) = nonzero_span(&row[..n]);
         kpad = kpad.max(b.saturating_sub(a));
-        debug_assert!(xmin + n <= in_size);
+        c.spans.push((xmin, a, b));
     }
     let kpad = kpad.min(in_size).max(1);
     c.ksize = kpad;
@@ -233,9 +232,7 @@ fn coeffs_into(c: &mut Coeffs, in_size: usize, out_size: usize, flip: bool) {
     c.start.resize(out_size, 0);
     c.taps.clear();
     c.taps.resize(out_size * kpad, 0);
-    for xx in 0..out_size {
-        let (xmin, n) = pillow_taps(xx, scale, in_size, row);
-        let (a, b) = nonzero_span(&row[..n]);
+    for (xx, (row, &(xmin, a, b))) in c.raw.chunks_exact(ksize).zip(&c.spans).enumerate() {
         let first = xmin + a;
         let x0 = first.min(in_size - kpad);
         let slot = if flip { out_size - 1 - xx } else { xx };
@@ -351,10 +348,16 @@ fn resample_with(
     let rows = last - first;
     let into_out = r.height == out_h;
     if !into_out {
-        tmp.clear();
-        tmp.resize(rows * row_len, 0);
+        // Every byte is written before it is read: grow only, no clearing.
+        if tmp.len() < rows * row_len {
+            tmp.resize(rows * row_len, 0);
+        }
     }
-    let dst_all: &mut [u8] = if into_out { out } else { &mut tmp[..] };
+    let dst_all: &mut [u8] = if into_out {
+        out
+    } else {
+        &mut tmp[..rows * row_len]
+    };
     // Horizontal pass over the rows the vertical pass reads.
     if r.width == out_w {
         for (y, dst) in dst_all.chunks_exact_mut(row_len).enumerate() {
@@ -369,12 +372,15 @@ fn resample_with(
         let vectorised = (2..=6).contains(&ch.ksize) && split_ok(ch);
         if vectorised {
             lane_taps(ch, row_len, lanes);
-            gather.clear();
-            gather.resize(ch.ksize * row_len, 0);
+            if gather.len() < ch.ksize * (row_len + 1) {
+                gather.resize(ch.ksize * (row_len + 1), 0);
+            }
         }
         for (y, dst) in dst_all.chunks_exact_mut(row_len).enumerate() {
             let s = (r.top + first + y) * r.stride + r.left * 3;
-            let src = &r.img[s..s + r.width * 3];
+            // One byte past the crop's row (when the image has it) lets the gather
+            // copy whole 4-byte words.
+            let src = &r.img[s..(s + r.width * 3 + 1).min(r.img.len())];
             match ch.ksize {
                 2 if vectorised => horizontal_lanes::<2>(src, ch, lanes, gather, dst),
                 3 if vectorised => horizontal_lanes::<3>(src, ch, lanes, gather, dst),
@@ -431,8 +437,10 @@ fn mac<const K: usize>(p: [u8; K], hi: [u16; K], m: [u16; K], l: [u16; K]) -> u8
 /// `lanes[(2K + j) * row_len..]` `l` of each output column, repeated for its 3 channels.
 fn lane_taps(c: &Coeffs, row_len: usize, lanes: &mut Vec<u16>) {
     let k = c.ksize;
-    lanes.clear();
-    lanes.resize(3 * k * row_len, 0);
+    // Every entry is written below: grow only, no clearing.
+    if lanes.len() < 3 * k * row_len {
+        lanes.resize(3 * k * row_len, 0);
+    }
     for (x, taps) in c.taps.chunks_exact(k).enumerate() {
         for (j, &t) in taps.iter().enumerate() {
             let (h, m, l) = split_tap(t);
@@ -457,14 +465,27 @@ fn horizontal_lanes<const K: usize>(
     dst: &mut [u8],
 ) {
     let row_len = dst.len();
+    // Gather rows are one byte longer than output rows so that every pixel can be
+    // copied as a 4-byte word whose last byte the next pixel overwrites.
+    let stride = row_len + 1;
     for (x, &x0) in c.start.iter().enumerate() {
-        let s = &src[x0 * 3..x0 * 3 + 3 * K];
-        for (j, px) in s.chunks_exact(3).enumerate() {
-            let at = j * row_len + x * 3;
-            gather[at..at + 3].copy_from_slice(px);
+        match src.get(x0 * 3..x0 * 3 + 3 * K + 1) {
+            Some(s) => {
+                for j in 0..K {
+                    let at = j * stride + x * 3;
+                    gather[at..at + 4].copy_from_slice(&s[j * 3..j * 3 + 4]);
+                }
+            }
+            None => {
+                let s = &src[x0 * 3..x0 * 3 + 3 * K];
+                for (j, px) in s.chunks_exact(3).enumerate() {
+                    let at = j * stride + x * 3;
+                    gather[at..at + 3].copy_from_slice(px);
+                }
+            }
         }
     }
-    let g: [&[u8]; K] = std::array::from_fn(|j| &gather[j * row_len..(j + 1) * row_len]);
+    let g: [&[u8]; K] = std::array::from_fn(|j| &gather[j * stride..j * stride + row_len]);
     let part = |p: usize, j: usize| &lanes[(p * K + j) * row_len..(p * K + j + 1) * row_len];
     let hi: [&[u16]; K] = std::array::from_fn(|j| part(0, j));
     let m: [&[u16]; K] = std::array::from_fn(|j| part(1, j));
