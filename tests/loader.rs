@@ -304,8 +304,10 @@ fn augment_matches_pillow() {
         .max()
         .unwrap();
     // One crop here (width 17 → 24 upscaled, height 59 → 24 downscaled, flipped)
-    // differs from Pillow 13 by 1 in some bytes, as it already did before the fixed-point
-    // kernels were restructured; the edge-case test below is held to 0.
+    // differs from Pillow 13 by 1 in some bytes, as it did before the kernels were
+    // restructured: for this shape Pillow 13 runs the vertical pass first (its result
+    // equals `resize((17, 24)).resize((24, 24))`), we run Pillow's classic horizontal
+    // first. The edge-case test below is held to 0.
     assert!(max <= 1, "max abs diff {max}");
 }
 
