@@ -1,6 +1,7 @@
 //! Single-process training: resume determinism, NaN handling, learning on generated data.
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::*;
@@ -10,26 +11,30 @@ use dml::embed::{embed_dataset, EmbedOptions};
 use dml::eval::metrics::{evaluate, EvalOptions};
 use dml::model::Model;
 
-#[test]
-fn resume_gives_the_same_weights_as_a_straight_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    synth(&tmp.path().join("data"), 8, 6, 36);
-    let cfg = small_config(tmp.path(), &tmp.path().join("data"), "");
-    let straight = tmp.path().join("straight");
+/// Trains 6 steps straight and 3 + resume to 6 with the same `--set`s; returns both runs.
+fn straight_and_resumed(tmp: &std::path::Path, sets: &[&str]) -> (PathBuf, PathBuf) {
+    synth(&tmp.join("data"), 8, 6, 36);
+    let cfg = small_config(tmp, &tmp.join("data"), "");
+    let with_sets = |c: &mut std::process::Command| {
+        for s in sets {
+            c.args(["--set", s]);
+        }
+    };
+    let straight = tmp.join("straight");
     let mut c = dml();
     c.env("OMP_NUM_THREADS", "1")
         .args(["train", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&straight);
+        .arg(&cfg);
+    with_sets(&mut c);
+    c.arg("--out").arg(&straight);
     ok(c);
-    let parted = tmp.path().join("parted");
+    let parted = tmp.join("parted");
     let mut c = dml();
     c.env("OMP_NUM_THREADS", "1")
         .args(["train", "--config"])
-        .arg(&cfg)
-        .args(["--set", "train.steps=3", "--out"])
-        .arg(&parted);
+        .arg(&cfg);
+    with_sets(&mut c);
+    c.args(["--set", "train.steps=3", "--out"]).arg(&parted);
     ok(c);
     let mut c = dml();
     c.env("OMP_NUM_THREADS", "1")
@@ -37,17 +42,28 @@ fn resume_gives_the_same_weights_as_a_straight_run() {
         .arg(&parted)
         .args(["--set", "train.steps=6"]);
     ok(c);
+    (straight, parted)
+}
+
+fn metrics(run: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn resume_gives_the_same_weights_as_a_straight_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (straight, parted) = straight_and_resumed(tmp.path(), &[]);
     let d = max_rel_diff(
         &straight.join("model.safetensors"),
         &parted.join("model.safetensors"),
     );
     assert_eq!(d, 0.0, "resumed run differs from the straight run by {d}");
     // metrics.jsonl has exactly one line per step, in order, after the resume.
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(parted.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = metrics(&parted);
     let steps: Vec<u64> = lines.iter().map(|v| v["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
     // Only the newest checkpoints are kept, each complete.
@@ -55,6 +71,48 @@ fn resume_gives_the_same_weights_as_a_straight_run() {
         let dir = parted.join(format!("checkpoints/step-{s}"));
         for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
             assert!(dir.join(f).exists(), "{} missing", dir.join(f).display());
+        }
+    }
+}
+
+/// The BFE head draws its erasing rectangle from (seed, step), and `multistep` milestones
+/// given in epochs are resolved to steps in the saved config: a resumed run must
+/// reproduce both exactly.
+#[test]
+fn resume_reproduces_bfe_erasing_and_an_epoch_milestone_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (straight, parted) = straight_and_resumed(
+        tmp.path(),
+        &[
+            "model.head=bfe",
+            "lr.policy=multistep",
+            "lr.milestone_epochs=[1, 2]",
+            "lr.gamma=0.5",
+        ],
+    );
+    let d = max_rel_diff(
+        &straight.join("model.safetensors"),
+        &parted.join("model.safetensors"),
+    );
+    assert_eq!(
+        d, 0.0,
+        "resumed BFE run differs from the straight run by {d}"
+    );
+    let saved = Config::load(&parted.join("config.toml"), &[]).unwrap();
+    assert!(saved.lr.milestone_epochs.is_empty());
+    let [m1, m2] = saved.lr.milestones[..] else {
+        panic!("two milestones in steps, got {:?}", saved.lr.milestones)
+    };
+    // One epoch is m1 steps, so the second milestone is two epochs; both fall inside
+    // the 6 steps (24 training images, 16 per batch) so the rate really changes.
+    assert_eq!(m2, 2 * m1);
+    assert!(m2 < 6, "milestones {m1}, {m2}");
+    // lr of step s (1-based) is 1e-3 · 0.5^(milestones ≤ s − 1), in both runs.
+    for run in [&straight, &parted] {
+        for line in metrics(run) {
+            let step = line["step"].as_u64().unwrap() as usize;
+            let passed = [m1, m2].iter().filter(|&&m| m < step).count() as i32;
+            assert_eq!(line["lr"].as_f64(), Some(1e-3 * 0.5f64.powi(passed)));
         }
     }
 }
