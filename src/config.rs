@@ -555,8 +555,12 @@ pub struct DncConfig {
     /// Re-cluster the training set every this many steps (official: every 2 epochs).
     pub recluster_every: usize,
     /// First step of the final stage, which trains the whole embedding on the plain N×K
-    /// sampler (official: the fine-tuning epochs at the end).
+    /// sampler (official: `--finetune-epoch`, 190 of 200 epochs in its README command).
     pub final_step: usize,
+    /// First step from which the loss sees the whole embedding while batches still come
+    /// from the clusters (official: epochs ≥ finetune_epoch · 8 / 19, i.e. from epoch 80 for
+    /// finetune epoch 190); 0: slices until `final_step`.
+    pub full_embedding_step: usize,
     /// k-means restarts (official 5).
     pub kmeans_restarts: usize,
     /// k-means iterations per restart (official 100).
@@ -569,6 +573,7 @@ impl Default for DncConfig {
             clusters: 1,
             recluster_every: 0,
             final_step: 0,
+            full_embedding_step: 0,
             kmeans_restarts: 5,
             kmeans_iterations: 100,
         }
@@ -852,6 +857,16 @@ impl Config {
                     ),
                 );
             }
+            if self.dnc.full_embedding_step > self.dnc.final_step {
+                return fail(
+                    "dnc.full_embedding_step",
+                    format!(
+                        "is {}, after dnc.final_step ({}): the whole embedding already trains \
+                         from dnc.final_step on",
+                        self.dnc.full_embedding_step, self.dnc.final_step
+                    ),
+                );
+            }
             if self.dnc.kmeans_restarts == 0 || self.dnc.kmeans_iterations == 0 {
                 return fail(
                     "dnc.kmeans_restarts / dnc.kmeans_iterations",
@@ -993,5 +1008,23 @@ mod tests {
         assert_eq!(ok.lr.milestone_epochs, vec![60, 80]);
         // A cyclic policy's max_lr is not required of multistep.
         assert!(parse(&["lr.milestones=[3]", "lr.max_lr=0"]).is_ok());
+    }
+
+    #[test]
+    fn dnc_full_embedding_step_must_not_follow_the_final_step() {
+        let sets = |full: usize| {
+            vec![
+                "dnc.clusters=2".to_string(),
+                "dnc.recluster_every=10".into(),
+                "dnc.final_step=50".into(),
+                format!("dnc.full_embedding_step={full}"),
+            ]
+        };
+        let e = Config::parse("", &sets(60)).unwrap_err().to_string();
+        assert!(
+            e.contains("dnc.full_embedding_step") && e.contains("50"),
+            "{e}"
+        );
+        assert!(Config::parse("", &sets(20)).is_ok());
     }
 }

@@ -64,3 +64,21 @@ fn bfe_and_cgd_recipes_carry_the_official_step_schedules() {
         }
     }
 }
+
+#[test]
+fn dnc_recipes_follow_the_official_readme_schedule() {
+    // README: 200 epochs, --finetune-epoch=190; the code trains the whole embedding
+    // from epoch 190·8/19 = 80. Steps per epoch of each recipe's training split.
+    for (data, per_epoch) in [
+        ("cub200", 73),
+        ("cars196", 100),
+        ("sop", 744),
+        ("inshop", 323),
+    ] {
+        let cfg = recipe(&format!("dnc-{data}.toml"));
+        assert_eq!(cfg.train.steps, 200 * per_epoch, "{data}");
+        assert_eq!(cfg.dnc.final_step, 190 * per_epoch, "{data}");
+        assert_eq!(cfg.dnc.full_embedding_step, 80 * per_epoch, "{data}");
+        assert_eq!(cfg.dnc.recluster_every, 2 * per_epoch, "{data}");
+    }
+}

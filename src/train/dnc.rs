@@ -4,8 +4,11 @@
 //! in shards on all ranks (the trunk's pooled features), rank 0 clusters them into K
 //! clusters matched to the previous clustering and broadcasts the result, and the
 //! phase's batches come from [`ClusterSampler`]: step `t` draws from cluster `t mod K`
-//! and its metric loss sees slice `t mod K` of the embedding. From `dnc.final_step` on,
-//! the plain N×K sampler trains the whole embedding.
+//! and its metric loss sees slice `t mod K` of the embedding ([`slice_of_step`]); from
+//! `dnc.full_embedding_step` on (when set) the loss sees the whole embedding while the
+//! batches still come from the clusters, as the official code does from epoch
+//! `finetune_epoch · 8 / 19`. From `dnc.final_step` on, the plain N×K sampler trains
+//! the whole embedding.
 //!
 //! The clustering of the current phase is saved with every checkpoint, so resuming
 //! inside a phase continues with the same clusters (resume determinism).
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::config::Config;
+use crate::config::{Config, DncConfig};
 use crate::data::sampler::{BatchPlan, Sampler};
 use crate::data::Dataset;
 use crate::dist::Comm;
@@ -25,6 +28,21 @@ use crate::error::{Error, Result};
 use crate::eval::kmeans::{KMeansInit, KMeansOptions};
 use crate::model::Model;
 use crate::rng::mix64;
+
+/// The embedding slice that the loss of 0-based step `t` sees, as (index, count), in a
+/// phase with `slices` slices: slice `t mod K` before `dnc.full_embedding_step` (when
+/// set), else `None`, the whole embedding.
+///
+/// ```
+/// let mut cfg = dml::config::DncConfig::default();
+/// cfg.full_embedding_step = 5;
+/// assert_eq!(dml::train::dnc::slice_of_step(&cfg, 4, 2), Some((0, 2)));
+/// assert_eq!(dml::train::dnc::slice_of_step(&cfg, 5, 2), None);
+/// ```
+pub fn slice_of_step(cfg: &DncConfig, t: usize, slices: usize) -> Option<(usize, usize)> {
+    let whole = cfg.full_embedding_step > 0 && t >= cfg.full_embedding_step;
+    (slices > 1 && !whole).then_some((t % slices, slices))
+}
 
 /// The clustering of the phase in progress, saved with checkpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -88,7 +88,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
                 bucket_bytes: bucket_bytes(cfg),
                 autocast,
             };
-            let slice = (slices > 1).then(|| ((step - 1) % slices, slices));
+            let slice = dnc::slice_of_step(&cfg.dnc, step - 1, slices);
             let out = step::train_step(&env, &mut lp.optim, &batch, lr, step, slice)?;
             let extra = lp.after_step(cfg, comm, run, &model, step, total, &out)?;
             log.step(step, out.loss, lr, cfg.global_batch(), extra)?;
