@@ -98,12 +98,8 @@ enum Cmd {
     /// LR range test: a linear ramp of the learning rate; writes DIR/lr_find.png and
     /// DIR/lr_find.jsonl and prints the suggested optim.lr and lr.max_lr.
     LrFind {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        #[arg(long)]
-        out: PathBuf,
+        #[command(flatten)]
+        run: ConfigArgs,
         #[arg(long, default_value_t = 1e-6)]
         start: f64,
         #[arg(long, default_value_t = 1e-1)]
@@ -117,12 +113,8 @@ enum Cmd {
     /// "A Metric Learning Reality Check" protocol: one model per fold of the training
     /// classes, test metrics per fold and concatenated (OUT/reality_check.md, .json).
     RealityCheck {
-        #[arg(long)]
-        config: PathBuf,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        #[arg(long)]
-        out: PathBuf,
+        #[command(flatten)]
+        run: ConfigArgs,
     },
     /// Write a run's embeddings of a dataset file to E.npy (labels beside it).
     Embed {
@@ -132,6 +124,26 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `--config FILE [--set KEY=VALUE]... --out DIR`, shared by the commands that start
+/// from a config.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a config key: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+impl ConfigArgs {
+    /// The config file with the overrides applied.
+    fn load(&self) -> Result<Config> {
+        Ok(Config::load(&self.config, &self.set)?)
+    }
 }
 
 fn main() {
@@ -265,14 +277,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::LrFind {
-            config,
-            set,
-            out,
+            run,
             start,
             end,
             steps,
         } => {
-            let cfg = Config::load(&config, &set)?;
+            let (cfg, out) = (run.load()?, run.out);
             with_comm(cfg.dist.backend, |comm| {
                 dml::device::set_threads(comm.world());
                 let ramp = dml::train::lr_find::LrRamp { start, end, steps };
@@ -293,8 +303,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::RealityCheck { config, set, out } => {
-            let cfg = Config::load(&config, &set)?;
+        Cmd::RealityCheck { run } => {
+            let (cfg, out) = (run.load()?, run.out);
             with_comm(cfg.dist.backend, |comm| {
                 dml::device::set_threads(comm.world());
                 let report = dml::train::reality_check::run(&cfg, comm, &out)?;
