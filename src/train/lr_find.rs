@@ -7,9 +7,7 @@ use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::optim::{lr_range, Adam};
 
-use super::{
-    broadcast_model, bucket_bytes, loader_options, param_groups, setup, step, use_autocast, Setup,
-};
+use super::{broadcast_model, loader_options, param_groups, setup, step, step_env, Setup};
 
 /// The ramp of an LR range test.
 #[derive(Debug, Clone, Copy)]
@@ -71,14 +69,7 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
         0,
         ramp.steps as u64,
     )?;
-    let env = step::StepEnv {
-        model: &model,
-        objective: &objective,
-        comm,
-        teacher: teacher.as_ref(),
-        bucket_bytes: bucket_bytes(cfg),
-        autocast: use_autocast(cfg, &model),
-    };
+    let env = step_env(cfg, &model, &objective, comm, teacher.as_ref());
     let mut points = Vec::new();
     let mut smooth = Smoother::new(0.9);
     while let Some(batch) = loader.try_next()? {

@@ -64,7 +64,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
     }
     let mut log = log::RunLog::open(run, comm.rank(), start, total)?;
     let mut schedule = dnc::Schedule::new(train.clone(), indices, sampler.clone(), dnc_state);
-    let autocast = use_autocast(cfg, &model);
+    let env = step_env(cfg, &model, &objective, comm, teacher.as_ref());
     let mut next = start;
     while next < total {
         let phase = schedule.phase(next, total, cfg, &model, comm)?;
@@ -80,14 +80,6 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
         while let Some(batch) = loader.try_next()? {
             let step = batch.step as usize + 1; // optimiser steps completed after this one
             let lr = learning_rate(&cfg.lr, cfg.optim.lr, step - 1);
-            let env = step::StepEnv {
-                model: &model,
-                objective: &objective,
-                comm,
-                teacher: teacher.as_ref(),
-                bucket_bytes: bucket_bytes(cfg),
-                autocast,
-            };
             let slice = dnc::slice_of_step(&cfg.dnc, step - 1, slices);
             let out = step::train_step(&env, &mut lp.optim, &batch, lr, step, slice)?;
             let extra = lp.after_step(cfg, comm, run, &model, step, total, &out)?;
@@ -206,6 +198,24 @@ fn broadcast_model(model: &Model, comm: &dyn Comm) -> Result<()> {
         comm.broadcast(&mut var, 0)?;
     }
     Ok(())
+}
+
+/// What every training step of a run shares; decides autocast once (see [`use_autocast`]).
+fn step_env<'a>(
+    cfg: &Config,
+    model: &'a Model,
+    objective: &'a Objective,
+    comm: &'a dyn Comm,
+    teacher: Option<&'a Model>,
+) -> step::StepEnv<'a> {
+    step::StepEnv {
+        model,
+        objective,
+        comm,
+        teacher,
+        bucket_bytes: bucket_bytes(cfg),
+        autocast: use_autocast(cfg, model),
+    }
 }
 
 /// True for `train.precision = "bf16"` on CUDA; sets CUDA autocast to bfloat16 on
