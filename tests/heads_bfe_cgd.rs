@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use dml::config::{HeadKind, ModelConfig};
@@ -76,10 +75,12 @@ fn compare(cfg: &ModelConfig, map: &Tensor, pass: Pass, args: &[String]) {
     Tensor::write_safetensors(&inputs, dir.path().join("inputs.safetensors")).unwrap();
     loss.backward();
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/bfe_cgd_ref.py");
-    let mut c = Command::new(python());
-    c.arg(script).arg(dir.path()).args(args);
-    ok(c);
+    let mut call = vec![
+        "tools/bfe_cgd_ref.py".into(),
+        dir.path().as_os_str().to_owned(),
+    ];
+    call.extend(args.iter().map(std::ffi::OsString::from));
+    run_python(call);
     let refs: std::collections::HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.path().join("out.safetensors"))
             .unwrap()

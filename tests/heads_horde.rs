@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use dml::config::{Config, HeadKind, ModelConfig};
@@ -27,17 +26,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn run_ref(dir: &Path) -> HashMap<String, Tensor> {
-    let out = Command::new(python())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("tools/horde_ref.py")
-        .arg(dir)
-        .output()
-        .expect("the venv python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_python([Path::new("tools/horde_ref.py"), dir]);
     Tensor::read_safetensors(dir.join("ref.safetensors"))
         .unwrap()
         .into_iter()

@@ -6,9 +6,10 @@
 //! class, one class, big; f32 and f64) and each loss + miner, PML's loss value and
 //! d loss / d emb, which must match dml's within 1e-5 (f32, relative to the gradient's
 //! largest entry) or 1e-10 (f64).
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use dml::config::{LossConfig, LossDistance, LossName, MinerConfig, MinerName};
@@ -16,26 +17,12 @@ use dml::loss::{self, Distance, MetricLoss, MultiSimilarityLoss, TripletLoss, Tr
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-fn python() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"))
-}
-
 /// The oracle's output directory, made once per test binary.
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(python())
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["tools/make_loss_fixtures.py", "--out"])
-            .arg(dir.path())
-            .output()
-            .expect("the venv python runs (tools/setup.sh creates .venv)");
-        assert!(
-            out.status.success(),
-            "make_loss_fixtures.py failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::run_script_out("tools/make_loss_fixtures.py", dir.path());
         dir
     })
     .path()
@@ -386,17 +373,7 @@ fn build_rejects_meaningless_combinations() {
 #[test]
 fn group_loss_matches_reference() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(python())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["tools/group_loss_ref.py", "--out"])
-        .arg(dir.path())
-        .output()
-        .expect("the venv python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_script_out("tools/group_loss_ref.py", dir.path());
     let fx: HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.path().join("group.safetensors"))
             .unwrap()

@@ -6,9 +6,10 @@
 //! d loss / d emb against the formulas within 1e-10 (f64) or 1e-5 (f32), relative to the
 //! gradient's largest entry, and against PML within 1e-6 (PML has no 1e-8 under its
 //! square roots and a float32 β) where no triplet's negative is its anchor.
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use dml::config::{Config, LossConfig, LossDistance, LossName, MinerConfig, MinerName};
@@ -18,26 +19,12 @@ use dml::loss::{self, MarginLoss, MetricLoss};
 use serde_json::Value;
 use tch::{Kind, Tensor};
 
-fn python() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"))
-}
-
 /// The reference's output directory, made once per test binary.
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(python())
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["tools/margin_ref.py", "--out"])
-            .arg(dir.path())
-            .output()
-            .expect("the venv python runs (tools/setup.sh creates .venv)");
-        assert!(
-            out.status.success(),
-            "margin_ref.py failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::run_script_out("tools/margin_ref.py", dir.path());
         dir
     })
     .path()

@@ -5,6 +5,8 @@
 //!
 //! Nothing here needs a GPU; the GPU checks are `tools/gpu-check.sh` and
 //! `mpirun -np 2 target/release/examples/comm_selfcheck --backend nccl`.
+mod common;
+
 use dml::config::Backend;
 use dml::dist;
 
@@ -39,19 +41,11 @@ fn nccl_library_from_the_venv_loads_and_reports_its_version() {
     // build links libtorch_cuda, so NCCL resolves by its soname without LD_LIBRARY_PATH.
     // Loading needs no GPU. Oracle: torch's own view of the same library,
     // `torch.cuda.nccl.version()` in the venv (2.29.7 when this was written).
-    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"))
-        .args([
-            "-c",
-            "import torch; print('.'.join(map(str, torch.cuda.nccl.version())))",
-        ])
-        .output()
-        .expect("the venv's python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = common::run_python([
+        "-c",
+        "import torch; print('.'.join(map(str, torch.cuda.nccl.version())))",
+    ]);
+    let want = out.trim().to_string();
     let got = dml::sys::nccl::version().expect("NCCL loads");
     assert_eq!(got, want);
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 
 use dml::config::DistillKind;
 use dml::loss::classification::SmoothedCrossEntropy;
@@ -14,17 +13,7 @@ use tch::Tensor;
 
 fn fixtures() -> HashMap<String, Tensor> {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(common::python())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["tools/objective_ref.py", "--out"])
-        .arg(dir.path())
-        .output()
-        .expect("the venv python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run_script_out("tools/objective_ref.py", dir.path());
     Tensor::read_safetensors(dir.path().join("objective.safetensors"))
         .unwrap()
         .into_iter()

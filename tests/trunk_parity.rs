@@ -5,18 +5,15 @@
 //! `--perturb-bn` so that BatchNorm statistics matter) and torchvision's feature map in
 //! eval mode on a fixed input (torch.manual_seed(1), randn [2, 3, S, S]). dml imports
 //! the files with strict loading and must give the same map (≤ 1e-4 of its max |·|).
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use dml::config::{BnMode, HeadKind, ModelConfig};
 use dml::model::{trunk, weights, Model};
 use dml::Error;
 use tch::{Device, Kind, Tensor};
-
-fn python() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"))
-}
 
 fn tool() -> PathBuf {
     PathBuf::from(concat!(
@@ -63,15 +60,7 @@ fn fixtures() -> &'static Path {
             "import sys\nsys.path.insert(0, r'{}')\nimport torchvision_to_safetensors as t\n{calls}",
             tools.display()
         );
-        let out = Command::new(python())
-            .args(["-c", &script])
-            .output()
-            .expect("run venv python");
-        assert!(
-            out.status.success(),
-            "export failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::run_python(["-c", &script]);
         dir
     })
 }

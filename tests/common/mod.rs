@@ -114,6 +114,32 @@ pub fn python() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python"))
 }
 
+/// Runs the venv's python with `args` (a tools/ script and its arguments, or `-c CODE`)
+/// from the repository root; returns its stdout, or panics with its stderr.
+pub fn run_python<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(python())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("the venv python runs (tools/setup.sh creates .venv)");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `tools/SCRIPT --out DIR` with the venv's python (see [`run_python`]).
+pub fn run_script_out(script: &str, out: &Path) {
+    use std::ffi::OsStr;
+    run_python([OsStr::new(script), OsStr::new("--out"), out.as_os_str()]);
+}
+
 /// `dml train --config CFG --out OUT --set S...` on `np` ranks: one process with one
 /// thread, or `mpirun -np NP`. Panics with the output if it fails.
 pub fn train(np: usize, cfg: &Path, out: &Path, sets: &[&str]) {
