@@ -129,16 +129,19 @@ pub fn knn(
         });
     }
     let r = Prepared::new(reference, opts)?;
-    let q = if same_source {
-        r.x.shallow_clone()
-    } else {
-        Prepared::new(query, opts)?.x
+    let q_prep = match same_source {
+        true => None,
+        false => Some(Prepared::new(query, opts)?),
+    };
+    let (q, q_sq) = match &q_prep {
+        Some(p) => (&p.x, &p.sq),
+        None => (&r.x, &r.sq),
     };
     let k_top = (k + 1).min(m);
     let lists = if opts.device == Device::Cpu {
-        scan::top_candidates(&q, &r, k_top, same_source, scan_block(opts.chunk))?
+        scan::top_candidates(q, &r, k_top, same_source, scan_block(opts.chunk))?
     } else {
-        device_top_candidates(&q, &r, k_top, same_source, block_rows(opts.chunk, m))?
+        device_top_candidates(q, &r, k_top, same_source, block_rows(opts.chunk, m))?
     };
     let mut indices = Vec::with_capacity(n * k);
     let mut scores = Vec::with_capacity(n * k);
@@ -156,8 +159,9 @@ pub fn knn(
             scores.push(v);
         }
     }
-    if opts.euclidean {
-        let q_sq = squared_norms(&q)?;
+    if let Some(q_sq) = q_sq {
+        // Back from the ranking score 2 q·r − |r|² to |q − r|².
+        let q_sq = Vec::<f32>::try_from(q_sq.f_to_device(Device::Cpu)?)?;
         for (i, row) in scores.chunks_mut(k).enumerate() {
             for s in row {
                 *s = (q_sq[i] - *s).max(0.0);
@@ -244,14 +248,6 @@ fn at_least_kth(row: &Tensor, k: usize) -> Result<Vec<(f32, i64)>> {
     let vals = Vec::<f32>::try_from(vals.f_to_device(Device::Cpu)?)?;
     let idx = Vec::<i64>::try_from(idx.f_to_device(Device::Cpu)?)?;
     Ok(vals.into_iter().zip(idx).collect())
-}
-
-fn squared_norms(x: &Tensor) -> Result<Vec<f32>> {
-    let s = x
-        .f_square()?
-        .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?
-        .f_to_device(Device::Cpu)?;
-    Ok(Vec::<f32>::try_from(s)?)
 }
 
 #[cfg(test)]
