@@ -135,7 +135,9 @@ pub fn dnc_sample(xn: &Tensor, labels: &Tensor, cutoff: f64) -> Result<Triplets>
         };
         order.clear();
         order.extend(0..b);
-        order.sort_by(|&x, &y| {
+        // The num_neg first in (mask count, d, index) order: a total order, so the
+        // selection is unique; only its set matters (negatives go in index order).
+        order.select_nth_unstable_by(num_neg - 1, |&x, &y| {
             masks(x)
                 .cmp(&masks(y))
                 .then(row[x].total_cmp(&row[y]))
