@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
 
 use dml::config::{LossConfig, LossDistance, LossName, MinerConfig, MinerName};
 use dml::loss::{self, Distance, MetricLoss, MultiSimilarityLoss, TripletLoss, TripletMiner};
@@ -19,13 +18,7 @@ use tch::{Kind, Tensor};
 
 /// The oracle's output directory, made once per test binary.
 fn fixtures() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        common::run_script_out("tools/make_loss_fixtures.py", dir.path());
-        dir
-    })
-    .path()
+    common::script_output_once("tools/make_loss_fixtures.py")
 }
 
 fn index() -> Value {

@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::OnceLock;
 
 use dml::config::{Config, LossConfig, LossDistance, LossName, MinerConfig, MinerName};
 use dml::loss::distance::normalize;
@@ -21,13 +20,7 @@ use tch::{Kind, Tensor};
 
 /// The reference's output directory, made once per test binary.
 fn fixtures() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        common::run_script_out("tools/margin_ref.py", dir.path());
-        dir
-    })
-    .path()
+    common::script_output_once("tools/margin_ref.py")
 }
 
 fn load(case: &str) -> HashMap<String, Tensor> {

@@ -140,6 +140,18 @@ pub fn run_script_out(script: &str, out: &Path) {
     run_python([OsStr::new(script), OsStr::new("--out"), out.as_os_str()]);
 }
 
+/// The output directory of `tools/SCRIPT --out DIR`, run once per test binary (the
+/// first call's script; each test binary runs one such oracle).
+pub fn script_output_once(script: &str) -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        run_script_out(script, dir.path());
+        dir
+    })
+    .path()
+}
+
 /// `dml train --config CFG --out OUT --set S...` on `np` ranks: one process with one
 /// thread, or `mpirun -np NP`. Panics with the output if it fails.
 pub fn train(np: usize, cfg: &Path, out: &Path, sets: &[&str]) {
