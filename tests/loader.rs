@@ -303,18 +303,18 @@ fn augment_matches_pillow() {
         .map(|(&a, &b)| (a as i32 - b as i32).abs())
         .max()
         .unwrap();
-    // One crop here (width 17 → 24 upscaled, height 59 → 24 downscaled, flipped)
-    // differs from Pillow 13 by 1 in some bytes, as it did before the kernels were
-    // restructured: for this shape Pillow 13 runs the vertical pass first (its result
-    // equals `resize((17, 24)).resize((24, 24))`), we run Pillow's classic horizontal
-    // first. The edge-case test below is held to 0.
-    assert!(max <= 1, "max abs diff {max}");
+    // The crop 59×17 → 24×24 takes Pillow 13's vertical-first order (the height shrinks
+    // by more than twice what the width does); with the horizontal pass first it was
+    // 1 off in some bytes.
+    assert_eq!(max, 0, "max abs diff {max}");
 }
 
 /// Crops that take the resampler's less common paths (oracle: tools/augment_oracle.py):
 /// one-pixel-wide and one-pixel-high crops (a single tap), crops narrower than the
 /// output, exact-size axes, and strong downscales whose windows are wider than the
-/// specialised kernels (more than 6 taps, and more than 64).
+/// specialised kernels (more than 6 taps, and more than 64), and both sides of Pillow
+/// 13's pass-order rule (vertical first iff the height shrinks by more than twice the
+/// width's shrink).
 #[test]
 fn augment_edge_cases_match_pillow() {
     let (h, w) = (61, 83);
@@ -332,6 +332,11 @@ fn augment_edge_cases_match_pillow() {
         (0, 0, 61, 83, 61, false),
         (0, 0, 61, 83, 1, true),
         (2, 0, 50, 83, 2, false),
+        (0, 0, 61, 40, 20, true),  // height −41 > 2 × (−20): vertical first
+        (0, 0, 61, 41, 20, false), // height −41 < 2 × (−21): horizontal first
+        (1, 2, 60, 5, 3, true),    // vertical first, 41-tap vertical window
+        (0, 0, 61, 20, 2, false),  // vertical first, width and height both > 6 taps
+        (0, 30, 61, 9, 40, true),  // vertical first while the width grows
     ];
     let mut ops = Vec::new();
     let mut ours = Vec::new();

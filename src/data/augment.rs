@@ -4,10 +4,8 @@
 //!
 //! Resampling reproduces Pillow's antialiased bilinear filter (`Image.resize(...,
 //! BILINEAR)`, which torchvision calls on PIL images) including its 22-bit fixed-point
-//! arithmetic and its horizontal-then-vertical order (`ImagingResampleInner`), so results
-//! match Pillow to the byte wherever Pillow takes that order. Pillow 13 (the venv's) runs
-//! the vertical pass first for some shapes (about a third of random ones, e.g. 17×59 →
-//! 24×24); there some bytes differ by 1 (the oracle test allows 1).
+//! arithmetic and Pillow 13's choice of which pass runs first, so results match Pillow 13
+//! (the venv's) to the byte.
 use crate::rng::SplitMix64;
 
 /// Pillow's fixed-point precision for 8-bit images.
@@ -296,12 +294,19 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Per-thread buffers reused across images.
+/// Per-thread buffers reused across images: the image between the passes, and the
+/// rest.
 #[derive(Default)]
 struct Scratch {
+    between: Vec<u8>,
+    passes: Passes,
+}
+
+/// The tap tables of both passes and the horizontal pass's own buffers.
+#[derive(Default)]
+struct Passes {
     horizontal: Coeffs,
     vertical: Coeffs,
-    tmp: Vec<u8>,
     lanes: Vec<u16>,
     gather: Vec<u8>,
 }
@@ -310,8 +315,8 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// Resizes `r` to `out_h × out_w` (horizontal pass first, u8 in between, like Pillow),
-/// mirroring columns if `flip`.
+/// Resizes `r` to `out_h × out_w` (two passes, u8 in between, in Pillow's order: see
+/// [`vertical_first`]), mirroring columns if `flip`.
 fn resample(r: &Region, out_h: usize, out_w: usize, flip: bool, out: &mut [u8]) {
     if out_h == 0 || out_w == 0 {
         return;
@@ -322,6 +327,17 @@ fn resample(r: &Region, out_h: usize, out_w: usize, flip: bool, out: &mut [u8]) 
     });
 }
 
+/// Pillow 13's pass order (`ImagingResampleInner` after Pillow PR #9549): the vertical
+/// pass runs first when the height shrinks by more than twice as many pixels as the
+/// width does. `tools/pillow_pass_order.py` checks this against Pillow on random shapes
+/// (Pillow 13: right on all 1,495 that tell the orders apart); up to Pillow 12 the
+/// horizontal pass always ran first. Only matters when both passes run.
+fn vertical_first(in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> bool {
+    let shrink_h = in_h as i64 - out_h as i64;
+    let shrink_w = in_w as i64 - out_w as i64;
+    shrink_h > 0 && shrink_h > 2 * shrink_w
+}
+
 fn resample_with(
     r: &Region,
     out_h: usize,
@@ -330,80 +346,124 @@ fn resample_with(
     out: &mut [u8],
     scratch: &mut Scratch,
 ) {
-    let Scratch {
-        horizontal: ch,
-        vertical: cv,
-        tmp,
-        lanes,
-        gather,
-    } = scratch;
-    let row_len = out_w * 3;
-    // The vertical pass reads rows first..last of the crop (Pillow's ybox_first/last).
-    let (first, last) = if r.height == out_h {
-        (0, out_h)
-    } else {
-        coeffs_into(cv, r.height, out_h, false);
-        let first = cv.start.iter().copied().min().unwrap_or(0);
-        let last = cv.start.iter().copied().max().unwrap_or(0) + cv.ksize;
-        (first, last)
-    };
-    let rows = last - first;
-    let into_out = r.height == out_h;
-    if !into_out {
-        // Every byte is written before it is read: grow only, no clearing.
-        if tmp.len() < rows * row_len {
-            tmp.resize(rows * row_len, 0);
-        }
+    let Scratch { between, passes } = scratch;
+    let (need_h, need_v) = (r.width != out_w, r.height != out_h);
+    let origin = r.top * r.stride + r.left * 3;
+    if need_h {
+        coeffs_into(&mut passes.horizontal, r.width, out_w, flip);
     }
-    let dst_all: &mut [u8] = if into_out {
-        out
-    } else {
-        &mut tmp[..rows * row_len]
-    };
-    // Horizontal pass over the rows the vertical pass reads.
-    if r.width == out_w {
-        for (y, dst) in dst_all.chunks_exact_mut(row_len).enumerate() {
-            let s = (r.top + first + y) * r.stride + r.left * 3;
-            dst.copy_from_slice(&r.img[s..s + row_len]);
-            if flip {
-                mirror(dst);
-            }
-        }
-    } else {
-        coeffs_into(ch, r.width, out_w, flip);
-        let vectorised = (2..=6).contains(&ch.ksize) && split_ok(ch);
-        if vectorised {
-            lane_taps(ch, row_len, lanes);
-            if gather.len() < ch.ksize * (row_len + 1) {
-                gather.resize(ch.ksize * (row_len + 1), 0);
-            }
-        }
-        for (y, dst) in dst_all.chunks_exact_mut(row_len).enumerate() {
-            let s = (r.top + first + y) * r.stride + r.left * 3;
-            // One byte past the crop's row (when the image has it) lets the gather
-            // copy whole 4-byte words.
-            let src = &r.img[s..(s + r.width * 3 + 1).min(r.img.len())];
-            match ch.ksize {
-                2 if vectorised => horizontal_lanes::<2>(src, ch, lanes, gather, dst),
-                3 if vectorised => horizontal_lanes::<3>(src, ch, lanes, gather, dst),
-                4 if vectorised => horizontal_lanes::<4>(src, ch, lanes, gather, dst),
-                5 if vectorised => horizontal_lanes::<5>(src, ch, lanes, gather, dst),
-                6 if vectorised => horizontal_lanes::<6>(src, ch, lanes, gather, dst),
-                _ => horizontal_any(src, ch, dst),
-            }
-        }
+    if need_v {
+        coeffs_into(&mut passes.vertical, r.height, out_h, false);
     }
-    if into_out {
+    if need_h && need_v && vertical_first(r.height, r.width, out_h, out_w) {
+        // Vertical pass over the columns the horizontal pass reads, then horizontal.
+        let ch = &mut passes.horizontal;
+        let first = ch.start.iter().copied().min().unwrap_or(0);
+        let cols = ch.start.iter().copied().max().unwrap_or(0) + ch.ksize - first;
+        ch.start.iter_mut().for_each(|x| *x -= first);
+        let src = &r.img[origin + first * 3..];
+        let rows = grown(between, out_h * cols * 3);
+        vertical_pass(src, r.stride, &passes.vertical, 0, cols * 3, rows);
+        horizontal_pass(rows, cols * 3, cols, out_w, flip, passes, out);
         return;
     }
-    match cv.ksize {
-        _ if !split_ok(cv) => vertical_any(tmp, cv, first, row_len, out),
-        2 => vertical::<2>(tmp, cv, first, row_len, out),
-        3 => vertical::<3>(tmp, cv, first, row_len, out),
-        4 => vertical::<4>(tmp, cv, first, row_len, out),
-        5 => vertical::<5>(tmp, cv, first, row_len, out),
-        6 => vertical::<6>(tmp, cv, first, row_len, out),
-        _ => vertical_any(tmp, cv, first, row_len, out),
+    // Horizontal pass over the rows the vertical pass reads (Pillow's ybox_first/last).
+    let cv = &passes.vertical;
+    let (first, last) = match need_v {
+        false => (0, out_h),
+        true => (
+            cv.start.iter().copied().min().unwrap_or(0),
+            cv.start.iter().copied().max().unwrap_or(0) + cv.ksize,
+        ),
+    };
+    let src = &r.img[origin + first * r.stride..];
+    if !need_v {
+        horizontal_pass(src, r.stride, r.width, out_w, flip, passes, out);
+        return;
+    }
+    let row_len = out_w * 3;
+    let rows = grown(between, (last - first) * row_len);
+    horizontal_pass(src, r.stride, r.width, out_w, flip, passes, rows);
+    vertical_pass(rows, row_len, &passes.vertical, first, row_len, out);
+}
+
+/// The first `len` bytes of `buf`, grown if needed (never cleared: every byte is
+/// written before it is read).
+fn grown(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
+}
+
+/// Horizontal pass: each `out_w × 3`-byte row of `dst` from the row of `in_w` pixels
+/// that starts `stride` bytes after the previous one in `src`; with `in_w == out_w` a
+/// copy (mirrored if `flip`), else with the taps the caller built in
+/// `passes.horizontal`.
+fn horizontal_pass(
+    src: &[u8],
+    stride: usize,
+    in_w: usize,
+    out_w: usize,
+    flip: bool,
+    passes: &mut Passes,
+    dst: &mut [u8],
+) {
+    let row_len = out_w * 3;
+    if in_w == out_w {
+        for (y, d) in dst.chunks_exact_mut(row_len).enumerate() {
+            d.copy_from_slice(&src[y * stride..y * stride + row_len]);
+            if flip {
+                mirror(d);
+            }
+        }
+        return;
+    }
+    let Passes {
+        horizontal: ch,
+        lanes,
+        gather,
+        ..
+    } = passes;
+    let vectorised = (2..=6).contains(&ch.ksize) && split_ok(ch);
+    if vectorised {
+        lane_taps(ch, row_len, lanes);
+        grown(gather, ch.ksize * (row_len + 1));
+    }
+    for (y, d) in dst.chunks_exact_mut(row_len).enumerate() {
+        // One byte past the row (when `src` has it) lets the gather copy whole words.
+        let s = y * stride;
+        let row = &src[s..(s + in_w * 3 + 1).min(src.len())];
+        match ch.ksize {
+            2 if vectorised => horizontal_lanes::<2>(row, ch, lanes, gather, d),
+            3 if vectorised => horizontal_lanes::<3>(row, ch, lanes, gather, d),
+            4 if vectorised => horizontal_lanes::<4>(row, ch, lanes, gather, d),
+            5 if vectorised => horizontal_lanes::<5>(row, ch, lanes, gather, d),
+            6 if vectorised => horizontal_lanes::<6>(row, ch, lanes, gather, d),
+            _ => horizontal_any(row, ch, d),
+        }
+    }
+}
+
+/// Vertical pass: output row `i` of `out` (rows of `row_len` bytes) sums the rows
+/// `c.start[i] - first ..` of `src`, which start `stride` bytes apart.
+fn vertical_pass(
+    src: &[u8],
+    stride: usize,
+    c: &Coeffs,
+    first: usize,
+    row_len: usize,
+    out: &mut [u8],
+) {
+    let args = (src, stride, c, first, row_len);
+    match c.ksize {
+        _ if !split_ok(c) => vertical_any(args, out),
+        2 => vertical::<2>(args, out),
+        3 => vertical::<3>(args, out),
+        4 => vertical::<4>(args, out),
+        5 => vertical::<5>(args, out),
+        6 => vertical::<6>(args, out),
+        _ => vertical_any(args, out),
     }
 }
 
@@ -523,21 +583,25 @@ fn horizontal_any(src: &[u8], c: &Coeffs, dst: &mut [u8]) {
     }
 }
 
+/// What the vertical kernels read: `(src, stride, taps, first, row_len)` as in
+/// [`vertical_pass`].
+type VerticalIn<'a> = (&'a [u8], usize, &'a Coeffs, usize, usize);
+
 /// The vertical pass with `K` taps per output row, summed with [`mac`].
 #[inline(never)]
-fn vertical<const K: usize>(tmp: &[u8], c: &Coeffs, first: usize, row_len: usize, out: &mut [u8]) {
+fn vertical<const K: usize>((src, stride, c, first, row_len): VerticalIn, out: &mut [u8]) {
     for ((orow, &y0), taps) in out
         .chunks_exact_mut(row_len)
         .zip(&c.start)
         .zip(c.taps.chunks_exact(K))
     {
-        let y0 = y0 - first;
-        let block = &tmp[y0 * row_len..(y0 + K) * row_len];
+        let at = (y0 - first) * stride;
         let split: [(u16, u16, u16); K] = std::array::from_fn(|j| split_tap(taps[j]));
         let hi: [u16; K] = std::array::from_fn(|j| split[j].0);
         let m: [u16; K] = std::array::from_fn(|j| split[j].1);
         let l: [u16; K] = std::array::from_fn(|j| split[j].2);
-        let rows: [&[u8]; K] = std::array::from_fn(|j| &block[j * row_len..(j + 1) * row_len]);
+        let rows: [&[u8]; K] =
+            std::array::from_fn(|j| &src[at + j * stride..at + j * stride + row_len]);
         for (i, o) in orow.iter_mut().enumerate() {
             *o = mac::<K>(std::array::from_fn(|j| rows[j][i]), hi, m, l);
         }
@@ -554,7 +618,7 @@ fn split_ok(c: &Coeffs) -> bool {
 }
 
 /// [`vertical`] for any number of taps.
-fn vertical_any(tmp: &[u8], c: &Coeffs, first: usize, row_len: usize, out: &mut [u8]) {
+fn vertical_any((src, stride, c, first, row_len): VerticalIn, out: &mut [u8]) {
     let k = c.ksize;
     let mut acc = vec![0i32; row_len];
     for ((orow, &y0), taps) in out
@@ -562,10 +626,10 @@ fn vertical_any(tmp: &[u8], c: &Coeffs, first: usize, row_len: usize, out: &mut 
         .zip(&c.start)
         .zip(c.taps.chunks_exact(k))
     {
-        let y0 = y0 - first;
+        let at = (y0 - first) * stride;
         acc.fill(HALF);
         for (j, &t) in taps.iter().enumerate() {
-            let row = &tmp[(y0 + j) * row_len..(y0 + j + 1) * row_len];
+            let row = &src[at + j * stride..at + j * stride + row_len];
             for (a, &p) in acc.iter_mut().zip(row) {
                 *a += p as i32 * t;
             }
