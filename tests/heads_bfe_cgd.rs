@@ -10,15 +10,16 @@ use dml::config::{HeadKind, ModelConfig};
 use dml::model::head::{self, Pass};
 use tch::{nn, Device, Kind, Tensor};
 
-/// Builds the head in f64 with random (seeded) parameters and buffers.
-fn head_f64(cfg: &ModelConfig, channels: usize) -> (nn::VarStore, Box<dyn head::Head>) {
-    tch::manual_seed(11);
+/// Builds the head in f64 with random parameters and buffers drawn from `seed`.
+fn head_f64(cfg: &ModelConfig, channels: usize, seed: u64) -> (nn::VarStore, Box<dyn head::Head>) {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let h = head::build(&(vs.root() / "head"), cfg, channels).unwrap();
     vs.set_kind(Kind::Double);
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
-            let r = Tensor::randn(t.size(), (Kind::Double, Device::Cpu)) * 0.5;
+        for (i, (name, mut t)) in vars.into_iter().enumerate() {
+            let r = seeded_normal(&t.size(), seed * 1000 + i as u64) * 0.5;
             if name.ends_with("running_var") {
                 t.copy_(&(r.abs() + 0.5));
             } else if name.ends_with("bn1.weight")
@@ -44,19 +45,23 @@ fn assert_close(name: &str, ours: &Tensor, theirs: &Tensor) {
     );
 }
 
-/// Runs the head on `map` in `pass`, the reference with `args`, and compares the
-/// embeddings, logits, test embedding and the gradients of `sum(out · r)` with respect
-/// to the map and every parameter.
-fn compare(cfg: &ModelConfig, map: &Tensor, pass: Pass, args: &[String]) {
+/// Runs the head (parameters drawn from `seed`) on `map` in `pass`, the reference with
+/// `args`, and compares the embeddings, logits, test embedding and the gradients of
+/// `sum(out · r)` with respect to the map and every parameter.
+fn compare(cfg: &ModelConfig, map: &Tensor, pass: Pass, args: &[String], seed: u64) {
     let channels = map.size()[1] as usize;
-    let (vs, h) = head_f64(cfg, channels);
+    let (vs, h) = head_f64(cfg, channels, seed);
     let dir = tempfile::tempdir().unwrap();
     let vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     Tensor::write_safetensors(&vars, dir.path().join("params.safetensors")).unwrap();
 
     let x = map.set_requires_grad(true);
     let out = h.global(&h.local(&x, pass), pass);
-    let r = |t: &Tensor| Tensor::randn(t.size(), (Kind::Double, Device::Cpu));
+    let draws = std::cell::Cell::new(seed * 1000 + 900);
+    let r = |t: &Tensor| {
+        draws.set(draws.get() + 1);
+        seeded_normal(&t.size(), draws.get())
+    };
     let mut inputs = vec![
         ("map".to_string(), map.detach()),
         ("r_test".into(), r(&out.test)),
@@ -132,8 +137,7 @@ fn bfe_args(mode: &str, rect: [i64; 4]) -> Vec<String> {
 
 #[test]
 fn bfe_matches_pytorch_in_training_with_the_keyed_rectangle() {
-    tch::manual_seed(5);
-    let map = Tensor::randn([6, 16, 6, 4], (Kind::Double, Device::Cpu)).relu();
+    let map = seeded_normal(&[6, 16, 6, 4], 5).relu();
     let pass = Pass {
         train: true,
         bn_maps: true,
@@ -148,18 +152,19 @@ fn bfe_matches_pytorch_in_training_with_the_keyed_rectangle() {
         &map,
         pass,
         &bfe_args("train", [r.top, r.left, r.height, r.width]),
+        11,
     );
 }
 
 #[test]
 fn bfe_matches_pytorch_in_evaluation() {
-    tch::manual_seed(6);
-    let map = Tensor::randn([5, 16, 5, 3], (Kind::Double, Device::Cpu)).relu();
+    let map = seeded_normal(&[5, 16, 5, 3], 6).relu();
     compare(
         &bfe_cfg(),
         &map,
         Pass::eval(),
         &bfe_args("eval", [0, 0, 0, 0]),
+        11,
     );
 }
 
@@ -185,10 +190,14 @@ fn cgd_cfg(spec: &str) -> ModelConfig {
     }
 }
 
-fn cgd_map(seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    // Non-negative like a ReLU map, with exact zeros (below GeM's 1e-6 clamp).
-    (Tensor::rand([6, 8, 4, 3], (Kind::Double, Device::Cpu)) - 0.1).clamp_min(0.0)
+/// Non-negative like a ReLU map, with exact zeros (below GeM's 1e-6 clamp), and tied
+/// maxima: channel 1 of image 0 is 0.5 everywhere and channel 2 of image 1 zero
+/// everywhere, where the gradient of max pooling goes to the first position only.
+fn cgd_map(seed: u64) -> Tensor {
+    let map = (seeded_uniform(&[6, 8, 4, 3], seed) - 0.1).clamp_min(0.0);
+    let _ = map.get(0).get(1).fill_(0.5);
+    let _ = map.get(1).get(2).fill_(0.0);
+    map
 }
 
 fn cgd_args(mode: &str, spec: &str) -> Vec<String> {
@@ -221,8 +230,15 @@ fn cgd_matches_pytorch_in_training() {
         &cgd_map(7),
         pass,
         &cgd_args("train", "SMG"),
+        11,
     );
-    compare(&cgd_cfg("GS"), &cgd_map(8), pass, &cgd_args("train", "GS"));
+    compare(
+        &cgd_cfg("GS"),
+        &cgd_map(8),
+        pass,
+        &cgd_args("train", "GS"),
+        11,
+    );
 }
 
 #[test]
@@ -232,6 +248,7 @@ fn cgd_matches_pytorch_in_evaluation() {
         &cgd_map(9),
         Pass::eval(),
         &cgd_args("eval", "MG"),
+        11,
     );
 }
 

@@ -152,6 +152,31 @@ pub fn script_output_once(script: &str) -> &'static Path {
     .path()
 }
 
+/// A `shape` f64 tensor of standard normal values (Box–Muller) drawn from
+/// `SplitMix64::keyed(&[key])`, the same in every run. `tch::manual_seed` + `randn` is
+/// not reproducible in tests: the generator is global, and the tests of a binary run in
+/// parallel threads.
+pub fn seeded_normal(shape: &[i64], key: u64) -> tch::Tensor {
+    let mut rng = dml::rng::SplitMix64::keyed(&[key]);
+    let n: i64 = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| {
+            let (u, v) = (1.0 - rng.next_f64(), rng.next_f64());
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        })
+        .collect();
+    tch::Tensor::from_slice(&v).view(shape)
+}
+
+/// A `shape` f64 tensor uniform in [0, 1), as [`seeded_normal`].
+pub fn seeded_uniform(shape: &[i64], key: u64) -> tch::Tensor {
+    let mut rng = dml::rng::SplitMix64::keyed(&[key]);
+    let v: Vec<f64> = (0..shape.iter().product())
+        .map(|_| rng.next_f64())
+        .collect();
+    tch::Tensor::from_slice(&v).view(shape)
+}
+
 /// `dml train --config CFG --out OUT --set S...` on `np` ranks: one process with one
 /// thread, or `mpirun -np NP`. Panics with the output if it fails.
 pub fn train(np: usize, cfg: &Path, out: &Path, sets: &[&str]) {

@@ -201,7 +201,7 @@ impl Head for BfeHead {
             let size = x.size();
             x = batch_drop(&x, erase_rect(size[2], size[3], self.erase, pass.key));
         }
-        let erased = x.amax([2i64, 3].as_slice(), false);
+        let erased = super::basic::max_pool(&x);
         vec![global, erased]
     }
 

@@ -38,7 +38,7 @@ impl Descriptor {
         let dims = [2i64, 3];
         match self {
             Descriptor::Average => map.mean_dim(dims.as_slice(), false, map.kind()),
-            Descriptor::Max => map.amax(dims.as_slice(), false),
+            Descriptor::Max => super::basic::max_pool(map),
             Descriptor::Gem(p) => map
                 .clamp_min(1e-6)
                 .pow_tensor_scalar(p)
