@@ -1,4 +1,5 @@
 //! Rank 0's side effects during training: `RUN/metrics.jsonl` and the progress bar.
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,7 +16,35 @@ pub struct RunLog {
     file: Option<std::fs::File>,
     bar: Option<ProgressBar>,
     started: Instant,
-    images: usize,
+    rate: Throughput,
+}
+
+/// Images per second over the last [`Throughput::WINDOW`] steps (fewer at the start):
+/// the current speed, which a pause (D&C's clustering, validation, a checkpoint) affects
+/// only while it is in the window, where an average since the start would carry it to
+/// the end of the run.
+#[derive(Debug, Default)]
+struct Throughput {
+    /// `(seconds since the start, images)` of the window's steps, oldest first.
+    steps: VecDeque<(f64, usize)>,
+}
+
+impl Throughput {
+    const WINDOW: usize = 20;
+
+    /// Records a step of `images` that ended `at` seconds after the log opened; returns
+    /// the rate over the window (the first step's span starts when the log opened).
+    fn push(&mut self, at: f64, images: usize) -> f64 {
+        if self.steps.len() > Self::WINDOW {
+            self.steps.pop_front();
+        }
+        self.steps.push_back((at, images));
+        // Once the window is full, the oldest entry only marks where it starts.
+        let full = self.steps.len() > Self::WINDOW;
+        let since = if full { self.steps[0].0 } else { 0.0 };
+        let n: usize = self.steps.iter().skip(full as usize).map(|&(_, i)| i).sum();
+        n as f64 / (at - since).max(1e-9)
+    }
 }
 
 impl RunLog {
@@ -29,7 +58,7 @@ impl RunLog {
                 file: None,
                 bar: None,
                 started: Instant::now(),
-                images: 0,
+                rate: Throughput::default(),
             });
         }
         if path.exists() {
@@ -64,7 +93,7 @@ impl RunLog {
             file: Some(file),
             bar: Some(bar),
             started: Instant::now(),
-            images: 0,
+            rate: Throughput::default(),
         })
     }
 
@@ -77,12 +106,10 @@ impl RunLog {
         batch: usize,
         extra: Value,
     ) -> Result<()> {
-        self.images += batch;
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
-        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        let ips = self.images as f64 / secs;
+        let ips = self.rate.push(self.started.elapsed().as_secs_f64(), batch);
         let mut obj = json!({ "step": step, "loss": loss, "lr": lr, "images_per_s": ips });
         if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {
             o.extend(e);
@@ -107,5 +134,30 @@ impl RunLog {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throughput;
+
+    #[test]
+    fn throughput_is_the_rate_of_the_last_steps() {
+        let mut t = Throughput::default();
+        // 64 images every 0.5 s: 128 img/s from the first step on.
+        for i in 1..=30 {
+            assert!((t.push(0.5 * i as f64, 64) - 128.0).abs() < 1e-9);
+        }
+        // A 10 s pause before step 31 (ending at 15 + 10 + 0.5 s): the window, steps
+        // 12..=31 from step 11's end at 5.5 s, holds 20 · 64 images in 20 s, not 10 s…
+        let r = t.push(25.5, 64);
+        assert!((r - 64.0).abs() < 1e-9, "{r}");
+        // …and is gone 20 steps later.
+        let mut at = 25.5;
+        for _ in 0..20 {
+            at += 0.5;
+            t.push(at, 64);
+        }
+        assert!((t.push(at + 0.5, 64) - 128.0).abs() < 1e-9);
     }
 }
