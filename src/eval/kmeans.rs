@@ -206,23 +206,37 @@ fn exact_sq(x: &Tensor, x_sq: &Tensor, centres: &Tensor, assign: &Tensor) -> Res
 
 /// Nearest and second-nearest centre of every row of `x` (blocked): the assignment,
 /// the distance to the nearest and to the second nearest (+∞ when k = 1).
+///
+/// One GEMM per block gives `|c|² − 2 x·c` directly: the rows are extended by a 1 and
+/// the centres by their squared norm, `[x, 1] · [−2c, |c|²]ᵀ`, written into one reused
+/// block (no separate scaling and subtraction passes over the `rows × k` block, and no
+/// fresh allocation of it per block).
 fn full_assign(x: &Tensor, x_sq: &Tensor, centres: &Tensor) -> Result<Bounds> {
     let n = x.size()[0] as usize;
     let k = centres.size()[0] as usize;
     let c_sq = centres
         .f_square()?
         .f_sum_dim_intlist([1i64].as_slice(), false, Kind::Float)?;
-    let ct = centres.f_transpose(0, 1)?.f_contiguous()?;
+    let c_aug = Tensor::f_cat(&[centres.f_mul_scalar(-2.0)?, c_sq.f_unsqueeze(1)?], 1)?
+        .f_transpose(0, 1)?
+        .f_contiguous()?;
     let rows = super::knn::block_rows(4096, k);
+    let block = Tensor::f_empty([rows.min(n) as i64, k as i64], (Kind::Float, x.device()))?;
+    let ones = Tensor::f_ones([rows.min(n) as i64, 1], (Kind::Float, x.device()))?;
     let (mut assigns, mut uppers, mut lowers) = (Vec::new(), Vec::new(), Vec::new());
     let mut start = 0;
     while start < n {
         let len = rows.min(n - start);
-        let xb = x.f_narrow(0, start as i64, len as i64)?;
+        let xb = Tensor::f_cat(
+            &[
+                x.f_narrow(0, start as i64, len as i64)?,
+                ones.f_narrow(0, 0, len as i64)?,
+            ],
+            1,
+        )?;
         let xs = x_sq.f_narrow(0, start as i64, len as i64)?.f_unsqueeze(1)?;
-        let d = c_sq
-            .f_unsqueeze(0)?
-            .f_sub(&xb.f_mm(&ct)?.f_mul_scalar(2.0)?)?;
+        let d = block.f_narrow(0, 0, len as i64)?;
+        let _ = xb.f_mm_out(&d, &c_aug)?;
         let (vals, arg) = d.f_topk(k.min(2) as i64, 1, false, true)?;
         let dist = vals.f_add(&xs)?.f_clamp_min(0.0)?.f_sqrt()?;
         assigns.push(arg.f_select(1, 0)?);
