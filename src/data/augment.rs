@@ -364,7 +364,7 @@ fn resample_with(
         let src = &r.img[origin + first * 3..];
         let rows = grown(between, out_h * cols * 3);
         vertical_pass(src, r.stride, &passes.vertical, 0, cols * 3, rows);
-        horizontal_pass(rows, cols * 3, cols, out_w, flip, passes, out);
+        horizontal_pass(rows, cols * 3, cols, passes, out);
         return;
     }
     // Horizontal pass over the rows the vertical pass reads (Pillow's ybox_first/last).
@@ -377,13 +377,17 @@ fn resample_with(
         ),
     };
     let src = &r.img[origin + first * r.stride..];
+    let row_len = out_w * 3;
+    let horizontal = |passes: &mut Passes, dst: &mut [u8]| match need_h {
+        true => horizontal_pass(src, r.stride, r.width, passes, dst),
+        false => copy_rows(src, r.stride, flip, dst, row_len),
+    };
     if !need_v {
-        horizontal_pass(src, r.stride, r.width, out_w, flip, passes, out);
+        horizontal(passes, out);
         return;
     }
-    let row_len = out_w * 3;
     let rows = grown(between, (last - first) * row_len);
-    horizontal_pass(src, r.stride, r.width, out_w, flip, passes, rows);
+    horizontal(passes, rows);
     vertical_pass(rows, row_len, &passes.vertical, first, row_len, out);
 }
 
@@ -396,35 +400,28 @@ fn grown(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     &mut buf[..len]
 }
 
-/// Horizontal pass: each `out_w × 3`-byte row of `dst` from the row of `in_w` pixels
-/// that starts `stride` bytes after the previous one in `src`; with `in_w == out_w` a
-/// copy (mirrored if `flip`), else with the taps the caller built in
-/// `passes.horizontal`.
-fn horizontal_pass(
-    src: &[u8],
-    stride: usize,
-    in_w: usize,
-    out_w: usize,
-    flip: bool,
-    passes: &mut Passes,
-    dst: &mut [u8],
-) {
-    let row_len = out_w * 3;
-    if in_w == out_w {
-        for (y, d) in dst.chunks_exact_mut(row_len).enumerate() {
-            d.copy_from_slice(&src[y * stride..y * stride + row_len]);
-            if flip {
-                mirror(d);
-            }
+/// The rows of `dst` (`row_len` bytes each) copied from rows `stride` bytes apart in
+/// `src`, mirrored if `flip`: the horizontal pass when the width does not change.
+fn copy_rows(src: &[u8], stride: usize, flip: bool, dst: &mut [u8], row_len: usize) {
+    for (y, d) in dst.chunks_exact_mut(row_len).enumerate() {
+        d.copy_from_slice(&src[y * stride..y * stride + row_len]);
+        if flip {
+            mirror(d);
         }
-        return;
     }
+}
+
+/// Horizontal pass with the taps the caller built in `passes.horizontal` (the flip
+/// folded in): each row of `dst` from the row of `in_w` pixels that starts `stride`
+/// bytes after the previous one in `src`.
+fn horizontal_pass(src: &[u8], stride: usize, in_w: usize, passes: &mut Passes, dst: &mut [u8]) {
     let Passes {
         horizontal: ch,
         lanes,
         gather,
         ..
     } = passes;
+    let row_len = ch.start.len() * 3;
     let vectorised = (2..=6).contains(&ch.ksize) && split_ok(ch);
     if vectorised {
         lane_taps(ch, row_len, lanes);
