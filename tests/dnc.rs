@@ -56,7 +56,7 @@ fn clustering_and_weights_agree_on_one_and_two_ranks() {
     assert_eq!(c1, c2, "the clustering differs between 1 and 2 ranks");
     let used: std::collections::BTreeSet<i64> = c1.iter().copied().filter(|&c| c >= 0).collect();
     assert_eq!(used.into_iter().collect::<Vec<_>>(), vec![0, 1]);
-    let diff = max_rel_diff(&w1.join("model.safetensors"), &w2.join("model.safetensors"));
+    let diff = model_diff(&w1, &w2);
     assert!(
         diff <= 1e-9,
         "1 rank vs 2 ranks: relative difference {diff}"
@@ -79,10 +79,7 @@ fn resuming_inside_a_clustered_phase_matches_a_straight_run() {
         c.args(["--set", s]);
     }
     ok(c);
-    let d = max_rel_diff(
-        &straight.join("model.safetensors"),
-        &split.join("model.safetensors"),
-    );
+    let d = model_diff(&straight, &split);
     assert_eq!(
         d, 0.0,
         "resumed D&C run differs from the straight run by {d}"

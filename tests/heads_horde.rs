@@ -19,12 +19,6 @@ const DIM: usize = 6;
 const HORDE_DIM: usize = 7;
 const ORDER: usize = 4;
 
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let scale = b.abs().max().double_value(&[]).max(1e-12);
-    (a - b).abs().max().double_value(&[]) / scale
-}
-
 fn run_ref(dir: &Path) -> HashMap<String, Tensor> {
     run_python([Path::new("tools/horde_ref.py"), dir]);
     Tensor::read_safetensors(dir.join("ref.safetensors"))
@@ -92,16 +86,16 @@ fn parity(learned: bool, classes: usize, train: bool) {
 
     let tol = 1e-10;
     for (k, e) in out.embeddings.iter().enumerate() {
-        let d = rel(e, &reference[&format!("emb{k}")]);
+        let d = rel_diff(e, &reference[&format!("emb{k}")], 1e-12);
         assert!(d < tol, "embedding of order {}: {d}", k + 1);
     }
-    let d = rel(&out.test, &reference["test"]);
+    let d = rel_diff(&out.test, &reference["test"], 1e-12);
     assert!(d < tol, "test embedding: {d}");
     if let Some(l) = out.logits.first() {
-        let d = rel(l, &reference["logits"]);
+        let d = rel_diff(l, &reference["logits"], 1e-12);
         assert!(d < tol, "logits: {d}");
     }
-    let d = rel(&x.grad(), &reference["grad.x"]);
+    let d = rel_diff(&x.grad(), &reference["grad.x"], 1e-12);
     assert!(d < tol, "gradient of the map: {d}");
     let mut trainable = 0;
     for (name, t) in &vars {
@@ -115,7 +109,7 @@ fn parity(learned: bool, classes: usize, train: bool) {
             continue;
         }
         trainable += 1;
-        let d = rel(&t.grad(), &reference[&key]);
+        let d = rel_diff(&t.grad(), &reference[&key], 1e-12);
         assert!(d < tol, "gradient of {name}: {d}");
     }
     // fc1 + (learned: w2a, w2..wK, fc2..fcK) + the classifier's weight and bias.

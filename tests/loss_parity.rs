@@ -8,6 +8,8 @@
 //! largest entry) or 1e-10 (f64).
 mod common;
 
+use common::rel_diff;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -61,15 +63,6 @@ fn make(spec: &Value) -> Box<dyn MetricLoss> {
             spec["epsilon"].as_f64(),
         ))
     }
-}
-
-/// max |a − b| / max(max |b|, floor).
-fn rel_diff(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let a = a.to_kind(Kind::Double);
-    let b = b.to_kind(Kind::Double);
-    let scale = b.abs().max().double_value(&[]).max(floor);
-    (a - &b).abs().max().double_value(&[]) / scale
 }
 
 /// Runs `loss` on a fresh leaf copy of `emb`: (value, gradient).

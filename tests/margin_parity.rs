@@ -8,6 +8,8 @@
 //! square roots and a float32 β) where no triplet's negative is its anchor.
 mod common;
 
+use common::rel_diff;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -28,15 +30,6 @@ fn load(case: &str) -> HashMap<String, Tensor> {
         .unwrap()
         .into_iter()
         .collect()
-}
-
-/// max |a − b| / max(max |b|, floor).
-fn rel_diff(a: &Tensor, b: &Tensor, floor: f64) -> f64 {
-    assert_eq!(a.size(), b.size());
-    let a = a.to_kind(Kind::Double);
-    let b = b.to_kind(Kind::Double);
-    let scale = b.abs().max().double_value(&[]).max(floor);
-    (a - &b).abs().max().double_value(&[]) / scale
 }
 
 fn ints(t: &Tensor) -> Vec<i64> {

@@ -93,6 +93,15 @@ pub fn read_weights(path: &Path) -> Vec<(String, tch::Tensor)> {
     v
 }
 
+/// ‖a − b‖∞ / max(‖b‖∞, floor), computed in f64; the shapes must agree.
+pub fn rel_diff(a: &tch::Tensor, b: &tch::Tensor, floor: f64) -> f64 {
+    assert_eq!(a.size(), b.size());
+    let a = a.to_kind(tch::Kind::Double);
+    let b = b.to_kind(tch::Kind::Double);
+    let scale = b.abs().max().double_value(&[]).max(floor);
+    (a - &b).abs().max().double_value(&[]) / scale
+}
+
 /// Largest relative difference ‖a − b‖∞ / max(‖b‖∞, tiny) over all tensors of two files.
 pub fn max_rel_diff(a: &Path, b: &Path) -> f64 {
     let (a, b) = (read_weights(a), read_weights(b));
@@ -100,13 +109,17 @@ pub fn max_rel_diff(a: &Path, b: &Path) -> f64 {
     let mut worst = 0f64;
     for ((na, ta), (nb, tb)) in a.iter().zip(b.iter()) {
         assert_eq!(na, nb);
-        let ta = ta.to_kind(tch::Kind::Double);
-        let tb = tb.to_kind(tch::Kind::Double);
-        let diff = (&ta - &tb).abs().max().double_value(&[]);
-        let scale = tb.abs().max().double_value(&[]).max(1e-30);
-        worst = worst.max(diff / scale);
+        worst = worst.max(rel_diff(ta, tb, 1e-30));
     }
     worst
+}
+
+/// [`max_rel_diff`] of the final `model.safetensors` of two run directories.
+pub fn model_diff(run_a: &Path, run_b: &Path) -> f64 {
+    max_rel_diff(
+        &run_a.join("model.safetensors"),
+        &run_b.join("model.safetensors"),
+    )
 }
 
 /// The project venv's python (the oracles: torch, torchvision, PML, faiss).
