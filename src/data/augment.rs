@@ -307,8 +307,10 @@ struct Scratch {
 struct Passes {
     horizontal: Coeffs,
     vertical: Coeffs,
-    lanes: Vec<u16>,
-    gather: Vec<u8>,
+    /// The horizontal pass's input, transposed.
+    columns: Vec<u8>,
+    /// The horizontal pass's output, transposed.
+    resized_columns: Vec<u8>,
 }
 
 thread_local! {
@@ -413,31 +415,66 @@ fn copy_rows(src: &[u8], stride: usize, flip: bool, dst: &mut [u8], row_len: usi
 
 /// Horizontal pass with the taps the caller built in `passes.horizontal` (the flip
 /// folded in): each row of `dst` from the row of `in_w` pixels that starts `stride`
-/// bytes after the previous one in `src`.
+/// bytes after the previous one in `src`. Run as the vertical pass on the transposed
+/// rows, then transposed back: summing along contiguous memory with one tap per output
+/// row vectorises, gathering each output pixel's inputs along a row does not. The sums
+/// and their rounding are the same, so the result is too.
 fn horizontal_pass(src: &[u8], stride: usize, in_w: usize, passes: &mut Passes, dst: &mut [u8]) {
     let Passes {
         horizontal: ch,
-        lanes,
-        gather,
+        columns,
+        resized_columns,
         ..
     } = passes;
-    let row_len = ch.start.len() * 3;
-    let vectorised = (2..=6).contains(&ch.ksize) && split_ok(ch);
-    if vectorised {
-        lane_taps(ch, row_len, lanes);
-        grown(gather, ch.ksize * (row_len + 1));
+    let out_w = ch.start.len();
+    let rows = dst.len() / (out_w * 3);
+    let column_len = rows * 3;
+    let columns = grown(columns, in_w * column_len);
+    transpose(src, stride, rows, in_w, columns);
+    let resized = grown(resized_columns, out_w * column_len);
+    vertical_pass(columns, column_len, ch, 0, column_len, resized);
+    transpose(resized, column_len, out_w, rows, dst);
+}
+
+/// Writes the `rows × cols` pixels of `src` (rows `stride` bytes apart) to `dst`
+/// transposed: `cols` rows of `rows` pixels each, packed.
+fn transpose(src: &[u8], stride: usize, rows: usize, cols: usize, dst: &mut [u8]) {
+    let column_len = rows * 3;
+    for y0 in (0..rows).step_by(TILE) {
+        let n = TILE.min(rows - y0);
+        for x0 in (0..cols).step_by(TILE) {
+            let m = TILE.min(cols - x0);
+            let at = y0 * stride + x0 * 3;
+            let to = x0 * column_len + y0 * 3;
+            if n == TILE && m == TILE {
+                transpose_tile(&src[at..], stride, &mut dst[to..], column_len);
+                continue;
+            }
+            for i in 0..m {
+                for j in 0..n {
+                    let (s, d) = (at + j * stride + i * 3, to + i * column_len + j * 3);
+                    dst[d..d + 3].copy_from_slice(&src[s..s + 3]);
+                }
+            }
+        }
     }
-    for (y, d) in dst.chunks_exact_mut(row_len).enumerate() {
-        // One byte past the row (when `src` has it) lets the gather copy whole words.
-        let s = y * stride;
-        let row = &src[s..(s + in_w * 3 + 1).min(src.len())];
-        match ch.ksize {
-            2 if vectorised => horizontal_lanes::<2>(row, ch, lanes, gather, d),
-            3 if vectorised => horizontal_lanes::<3>(row, ch, lanes, gather, d),
-            4 if vectorised => horizontal_lanes::<4>(row, ch, lanes, gather, d),
-            5 if vectorised => horizontal_lanes::<5>(row, ch, lanes, gather, d),
-            6 if vectorised => horizontal_lanes::<6>(row, ch, lanes, gather, d),
-            _ => horizontal_any(row, ch, d),
+}
+
+/// Pixels per side of the tiles that [`transpose`] moves at once.
+const TILE: usize = 8;
+
+/// One full `TILE × TILE` tile of [`transpose`]: rows `stride` bytes apart in `src`,
+/// columns `column_len` bytes apart in `dst`.
+#[inline(always)]
+fn transpose_tile(src: &[u8], stride: usize, dst: &mut [u8], column_len: usize) {
+    let mut tile = [[0u8; 3 * TILE]; TILE];
+    for (j, row) in tile.iter_mut().enumerate() {
+        row.copy_from_slice(&src[j * stride..j * stride + 3 * TILE]);
+    }
+    for i in 0..TILE {
+        let d = &mut dst[i * column_len..i * column_len + 3 * TILE];
+        for (j, row) in tile.iter().enumerate() {
+            d[j * 3..j * 3 + 3].copy_from_slice(&row[i * 3..i * 3 + 3]);
         }
     }
 }
@@ -489,95 +526,6 @@ fn mac<const K: usize>(p: [u8; K], hi: [u16; K], m: [u16; K], l: [u16; K]) -> u8
         sl += u32::from(p.wrapping_mul(l[j]));
     }
     clip8(((i32::from(sh)) << 15) + ((sm << 8) + sl) as i32 + HALF)
-}
-
-/// The split taps of a horizontal table, one per output byte: for tap `j`,
-/// `lanes[j * row_len..]` holds `hi`, `lanes[(K + j) * row_len..]` `m` and
-/// `lanes[(2K + j) * row_len..]` `l` of each output column, repeated for its 3 channels.
-fn lane_taps(c: &Coeffs, row_len: usize, lanes: &mut Vec<u16>) {
-    let k = c.ksize;
-    // Every entry is written below: grow only, no clearing.
-    if lanes.len() < 3 * k * row_len {
-        lanes.resize(3 * k * row_len, 0);
-    }
-    for (x, taps) in c.taps.chunks_exact(k).enumerate() {
-        for (j, &t) in taps.iter().enumerate() {
-            let (h, m, l) = split_tap(t);
-            for (part, v) in [h, m, l].into_iter().enumerate() {
-                let at = (part * k + j) * row_len + x * 3;
-                lanes[at..at + 3].fill(v);
-            }
-        }
-    }
-}
-
-/// One row of the horizontal pass with `K` taps per output pixel: the `K` input pixels
-/// of every output are first gathered into `K` rows (`gather[j * row_len..]` holds tap
-/// `j`'s pixel of every output), which are then summed lane by lane like the vertical
-/// pass, with per-lane taps from [`lane_taps`].
-#[inline(never)]
-fn horizontal_lanes<const K: usize>(
-    src: &[u8],
-    c: &Coeffs,
-    lanes: &[u16],
-    gather: &mut [u8],
-    dst: &mut [u8],
-) {
-    let row_len = dst.len();
-    // Gather rows are one byte longer than output rows so that every pixel can be
-    // copied as a 4-byte word whose last byte the next pixel overwrites.
-    let stride = row_len + 1;
-    for (x, &x0) in c.start.iter().enumerate() {
-        match src.get(x0 * 3..x0 * 3 + 3 * K + 1) {
-            Some(s) => {
-                for j in 0..K {
-                    let at = j * stride + x * 3;
-                    gather[at..at + 4].copy_from_slice(&s[j * 3..j * 3 + 4]);
-                }
-            }
-            None => {
-                let s = &src[x0 * 3..x0 * 3 + 3 * K];
-                for (j, px) in s.chunks_exact(3).enumerate() {
-                    let at = j * stride + x * 3;
-                    gather[at..at + 3].copy_from_slice(px);
-                }
-            }
-        }
-    }
-    let g: [&[u8]; K] = std::array::from_fn(|j| &gather[j * stride..j * stride + row_len]);
-    let part = |p: usize, j: usize| &lanes[(p * K + j) * row_len..(p * K + j + 1) * row_len];
-    let hi: [&[u16]; K] = std::array::from_fn(|j| part(0, j));
-    let m: [&[u16]; K] = std::array::from_fn(|j| part(1, j));
-    let l: [&[u16]; K] = std::array::from_fn(|j| part(2, j));
-    for (i, o) in dst.iter_mut().enumerate() {
-        *o = mac::<K>(
-            std::array::from_fn(|j| g[j][i]),
-            std::array::from_fn(|j| hi[j][i]),
-            std::array::from_fn(|j| m[j][i]),
-            std::array::from_fn(|j| l[j][i]),
-        );
-    }
-}
-
-/// The horizontal pass for any number of taps, one output pixel at a time.
-fn horizontal_any(src: &[u8], c: &Coeffs, dst: &mut [u8]) {
-    let k = c.ksize;
-    for ((px, &x0), taps) in dst
-        .chunks_exact_mut(3)
-        .zip(&c.start)
-        .zip(c.taps.chunks_exact(k))
-    {
-        let s = &src[x0 * 3..(x0 + k) * 3];
-        let (mut a, mut b, mut d) = (HALF, HALF, HALF);
-        for (p, &t) in s.chunks_exact(3).zip(taps) {
-            a += p[0] as i32 * t;
-            b += p[1] as i32 * t;
-            d += p[2] as i32 * t;
-        }
-        px[0] = clip8(a);
-        px[1] = clip8(b);
-        px[2] = clip8(d);
-    }
 }
 
 /// What the vertical kernels read: `(src, stride, taps, first, row_len)` as in
@@ -674,6 +622,36 @@ mod tests {
         // Output 1: centre 3.0, inputs 1..4 at distances 1.5, 0.5, 0.5 → (1/7, 3/7, 3/7):
         // 10 + 60 + 90 = 160.
         assert_eq!(out[3], 160);
+    }
+
+    #[test]
+    fn transpose_moves_every_pixel_once() {
+        // 19 × 13 pixels (neither a multiple of the tile) inside rows of 15 pixels,
+        // each pixel's bytes encoding its position: pixel (y, x) = [y, x, y ^ x].
+        let (rows, cols, stride) = (19, 13, 15 * 3);
+        let mut src = vec![0u8; rows * stride];
+        for y in 0..rows {
+            for x in 0..cols {
+                let at = y * stride + x * 3;
+                src[at..at + 3].copy_from_slice(&[y as u8, x as u8, (y ^ x) as u8]);
+            }
+        }
+        let mut dst = vec![0u8; rows * cols * 3];
+        transpose(&src, stride, rows, cols, &mut dst);
+        for x in 0..cols {
+            for y in 0..rows {
+                let at = (x * rows + y) * 3;
+                assert_eq!(dst[at..at + 3], [y as u8, x as u8, (y ^ x) as u8]);
+            }
+        }
+        let mut back = vec![0u8; rows * cols * 3];
+        transpose(&dst, rows * 3, cols, rows, &mut back);
+        for y in 0..rows {
+            assert_eq!(
+                back[y * cols * 3..(y + 1) * cols * 3],
+                src[y * stride..y * stride + cols * 3]
+            );
+        }
     }
 
     #[test]
