@@ -289,7 +289,7 @@ fn nonzero_span(row: &[i32]) -> (usize, usize) {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
@@ -491,13 +491,22 @@ fn vertical_pass(
 ) {
     let args = (src, stride, c, first, row_len);
     match c.ksize {
-        _ if !split_ok(c) => vertical_any(args, out),
+        2..=6 if split_ok(c) => vertical_split(args, out),
+        _ => vertical_any(args, out),
+    }
+}
+
+/// [`vertical`] for `c.ksize` in 2..=6 and taps that pass [`split_ok`], compiled for
+/// AVX2 and SSE4.1 besides the x86-64 baseline (SSE2) and picked at run time from the
+/// CPU's features (the `multiversion` crate); every clone computes the same integers.
+#[multiversion::multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn vertical_split(args: VerticalIn, out: &mut [u8]) {
+    match args.2.ksize {
         2 => vertical::<2>(args, out),
         3 => vertical::<3>(args, out),
         4 => vertical::<4>(args, out),
         5 => vertical::<5>(args, out),
-        6 => vertical::<6>(args, out),
-        _ => vertical_any(args, out),
+        _ => vertical::<6>(args, out),
     }
 }
 
@@ -532,8 +541,9 @@ fn mac<const K: usize>(p: [u8; K], hi: [u16; K], m: [u16; K], l: [u16; K]) -> u8
 /// [`vertical_pass`].
 type VerticalIn<'a> = (&'a [u8], usize, &'a Coeffs, usize, usize);
 
-/// The vertical pass with `K` taps per output row, summed with [`mac`].
-#[inline(never)]
+/// The vertical pass with `K` taps per output row, summed with [`mac`]; inlined into
+/// each clone of [`vertical_split`].
+#[inline(always)]
 fn vertical<const K: usize>((src, stride, c, first, row_len): VerticalIn, out: &mut [u8]) {
     for ((orow, &y0), taps) in out
         .chunks_exact_mut(row_len)
