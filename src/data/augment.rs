@@ -204,6 +204,16 @@ struct Coeffs {
     spans: Vec<(usize, usize, usize)>,
 }
 
+impl Coeffs {
+    /// The inputs that any output reads: from the lowest `start` to the end of the
+    /// highest window (Pillow's `ybox_first`, `ybox_last`).
+    fn span(&self) -> (usize, usize) {
+        let first = self.start.iter().copied().min().unwrap_or(0);
+        let last = self.start.iter().copied().max().unwrap_or(0) + self.ksize;
+        (first, last)
+    }
+}
+
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear filter,
 /// mapping `in_size` inputs onto `out_size` outputs, written into `c` (reusing its
 /// buffers). Pillow's zero taps at either end of a window are dropped (adding zero
@@ -360,8 +370,8 @@ fn resample_with(
     if need_h && need_v && vertical_first(r.height, r.width, out_h, out_w) {
         // Vertical pass over the columns the horizontal pass reads, then horizontal.
         let ch = &mut passes.horizontal;
-        let first = ch.start.iter().copied().min().unwrap_or(0);
-        let cols = ch.start.iter().copied().max().unwrap_or(0) + ch.ksize - first;
+        let (first, last) = ch.span();
+        let cols = last - first;
         ch.start.iter_mut().for_each(|x| *x -= first);
         let src = &r.img[origin + first * 3..];
         let rows = grown(between, out_h * cols * 3);
@@ -373,10 +383,7 @@ fn resample_with(
     let cv = &passes.vertical;
     let (first, last) = match need_v {
         false => (0, out_h),
-        true => (
-            cv.start.iter().copied().min().unwrap_or(0),
-            cv.start.iter().copied().max().unwrap_or(0) + cv.ksize,
-        ),
+        true => cv.span(),
     };
     let src = &r.img[origin + first * r.stride..];
     let row_len = out_w * 3;
