@@ -332,11 +332,11 @@ fn augment_edge_cases_match_pillow() {
         (0, 0, 61, 83, 61, false),
         (0, 0, 61, 83, 1, true),
         (2, 0, 50, 83, 2, false),
-        (0, 0, 61, 40, 20, true),  // height −41 > 2 × (−20): vertical first
-        (0, 0, 61, 41, 20, false), // height −41 < 2 × (−21): horizontal first
-        (1, 2, 60, 5, 3, true),    // vertical first, 41-tap vertical window
-        (0, 0, 61, 20, 2, false),  // vertical first, width and height both > 6 taps
-        (0, 30, 61, 9, 40, true),  // vertical first while the width grows
+        (0, 0, 61, 40, 20, true), // height shrinks by 41 > 2 × 20: vertical first
+        (0, 0, 61, 41, 20, false), // height shrinks by 41 < 2 × 21: horizontal first
+        (1, 2, 60, 5, 3, true),   // vertical first, 41-tap vertical window
+        (0, 0, 61, 20, 2, false), // vertical first, width and height both > 6 taps
+        (0, 30, 61, 9, 40, true), // vertical first while the width grows
     ];
     let mut ops = Vec::new();
     let mut ours = Vec::new();
