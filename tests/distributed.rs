@@ -168,19 +168,6 @@ fn a_killed_rank_stops_every_rank_and_the_last_checkpoint_loads() {
     assert!(run.join("model.safetensors").exists());
 }
 
-fn example(name: &str) -> PathBuf {
-    // target/release/deps/distributed-HASH → target/release/examples/NAME
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo build --release --examples` first",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn first_step_gradient_f32_agrees_between_one_and_two_ranks() {
     let tmp = tempfile::tempdir().unwrap();

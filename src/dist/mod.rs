@@ -101,6 +101,27 @@ pub fn init(backend: Backend) -> Result<Box<dyn Comm>> {
 }
 
 /// FNV-1a, 64 bits: the hash [`check_same_everywhere`] compares across ranks.
+/// Sums `values` across ranks, in place: one all-reduce of a CPU f64 tensor (the counts
+/// and partial sums of the sharded objective; integers are exact below 2⁵³). A no-op
+/// when the world is 1.
+///
+/// ```
+/// let mut v = [1.0, 2.0];
+/// dml::dist::sum_f64s(&dml::dist::local::Local, &mut v)?;
+/// assert_eq!(v, [1.0, 2.0]);
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub fn sum_f64s(comm: &dyn Comm, values: &mut [f64]) -> Result<()> {
+    if comm.world() == 1 || values.is_empty() {
+        return Ok(());
+    }
+    let mut t = Tensor::from_slice(values);
+    comm.all_reduce_sum(&mut t)?;
+    let n = values.len();
+    t.f_copy_data(values, n)?;
+    Ok(())
+}
+
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {

@@ -3,6 +3,8 @@
 //! `LabelSmoothingCrossEntropyLoss`).
 use tch::Tensor;
 
+use super::Shard;
+
 /// `mean_i [(1 − ε)·(−log p_i[y_i]) + ε·mean_c(−log p_i[c])]` with
 /// `p = softmax(logits / T)`; equal to
 /// `torch.nn.functional.cross_entropy(logits / T, y, label_smoothing=ε)`.
@@ -32,6 +34,27 @@ impl SmoothedCrossEntropy {
             return nll;
         }
         let uniform = -logp.mean_dim([1i64].as_slice(), false, kind).mean(kind);
+        nll * (1.0 - self.smoothing) + uniform * self.smoothing
+    }
+
+    /// This share's part of [`SmoothedCrossEntropy::compute`] over the global batch: the
+    /// terms of the shard's rows, divided by the whole batch's size (the parts of all
+    /// shares sum to the mean). The whole loss, op for op, when the shard is the whole batch.
+    pub fn compute_shard(&self, logits: &Tensor, labels: &Tensor, shard: &Shard) -> Tensor {
+        let b = logits.size()[0];
+        if shard.covers(b) {
+            return self.compute(logits, labels);
+        }
+        let kind = logits.kind();
+        let own = logits.narrow(0, shard.start, shard.len);
+        let y = labels.narrow(0, shard.start, shard.len);
+        let logp = (own / self.temperature).log_softmax(1, kind);
+        let scale = 1.0 / b.max(1) as f64;
+        let nll = logp.nll_loss_nd::<Tensor>(&y, None, tch::Reduction::Sum, -100) * scale;
+        if self.smoothing == 0.0 {
+            return nll;
+        }
+        let uniform = -logp.mean_dim([1i64].as_slice(), false, kind).sum(kind) * scale;
         nll * (1.0 - self.smoothing) + uniform * self.smoothing
     }
 }

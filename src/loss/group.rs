@@ -71,25 +71,10 @@ impl GroupLoss {
         Ok(Tensor::from_slice(&mask).to_device(labels.device()))
     }
 
-    /// Group Loss of features `f` `[B, F]`, classifier `logits` `[B, C]` and `labels`
-    /// `[B]` (class indices into the logits' columns).
-    ///
-    /// ```
-    /// use dml::loss::GroupLoss;
-    /// let g = GroupLoss { temperature: 24.0, anchors: 1, iterations: 1, ce_weight: 1.0 };
-    /// let f = tch::Tensor::randn([6, 5], (tch::Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
-    /// let logits = tch::Tensor::randn([6, 3], (tch::Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
-    /// let labels = tch::Tensor::from_slice(&[0i64, 0, 1, 1, 2, 2]);
-    /// let out = g.compute_with_logits(&f, &logits, &labels)?;
-    /// out.loss.backward();
-    /// # Ok::<(), dml::Error>(())
-    /// ```
-    pub fn compute_with_logits(
-        &self,
-        f: &Tensor,
-        logits: &Tensor,
-        labels: &Tensor,
-    ) -> Result<LossOutput> {
+    /// Checks features `f` `[B, F]`, `logits` `[B, C]` and `labels` `[B]` (in range of
+    /// the classifier); returns C. Cheap: run on every rank, also those that leave the
+    /// loss to another (see [`crate::loss::Objective`]).
+    pub fn check(&self, f: &Tensor, logits: &Tensor, labels: &Tensor) -> Result<i64> {
         super::check_inputs(f, labels)?;
         let (b, c) = match logits.size().as_slice() {
             [b, c] => (*b, *c),
@@ -117,6 +102,31 @@ impl GroupLoss {
                 )));
             }
         }
+        Ok(c)
+    }
+
+    /// Group Loss of features `f` `[B, F]`, classifier `logits` `[B, C]` and `labels`
+    /// `[B]` (class indices into the logits' columns).
+    ///
+    /// ```
+    /// use dml::loss::GroupLoss;
+    /// let g = GroupLoss { temperature: 24.0, anchors: 1, iterations: 1, ce_weight: 1.0 };
+    /// let f = tch::Tensor::randn([6, 5], (tch::Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+    /// let logits = tch::Tensor::randn([6, 3], (tch::Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+    /// let labels = tch::Tensor::from_slice(&[0i64, 0, 1, 1, 2, 2]);
+    /// let out = g.compute_with_logits(&f, &logits, &labels)?;
+    /// out.loss.backward();
+    /// # Ok::<(), dml::Error>(())
+    /// ```
+    pub fn compute_with_logits(
+        &self,
+        f: &Tensor,
+        logits: &Tensor,
+        labels: &Tensor,
+    ) -> Result<LossOutput> {
+        let c = self.check(f, logits, labels)?;
+        let b = f.size()[0];
+        let labels = labels.to_device(f.device());
         let kind = f.kind();
         let w = Self::affinity(f);
         let anchors = self.anchor_mask(&labels)?;

@@ -41,8 +41,8 @@ use tch::{Kind, Tensor};
 
 use super::chunk::zero_loss;
 use super::distance::normalize;
-use super::stats::count;
-use super::{check_inputs, LossOutput, MetricLoss, MiningStats};
+use super::stats::{count, StatsAcc};
+use super::{check_inputs, LossOutput, MetricLoss, Shard};
 use crate::error::Result;
 
 /// The 10⁻⁴ floor of the official `pdist` before the square root.
@@ -72,6 +72,25 @@ pub struct Triplets {
     pub negatives: Vec<i64>,
 }
 
+/// Rows `start..start + len` of [`pdist`]`(x)`: `[len, B]`; the whole matrix op for op
+/// when they are all rows (the squared norms otherwise come from a row-wise sum, which
+/// can differ from the matrix diagonal in the last bit).
+pub fn pdist_rows(x: &Tensor, start: i64, len: i64) -> Tensor {
+    let b = x.size()[0];
+    if start == 0 && len == b {
+        return pdist(x);
+    }
+    let kind = x.kind();
+    let rows = x.narrow(0, start, len);
+    let prod = rows.mm(&x.tr());
+    let sq = x.square().sum_dim_intlist([1i64].as_slice(), false, kind);
+    let row_sq = sq.narrow(0, start, len).unsqueeze(1);
+    ((row_sq + sq.unsqueeze(0)) - prod * 2.0)
+        .clamp_min(0.0)
+        .clamp_min(PDIST_EPS)
+        .sqrt()
+}
+
 /// The official `pdist` of the rows of `x` `[B, D]`: `[B, B]`, op for op.
 pub fn pdist(x: &Tensor) -> Tensor {
     let prod = x.mm(&x.tr());
@@ -98,22 +117,40 @@ pub fn pdist(x: &Tensor) -> Tensor {
 /// # Ok::<(), dml::Error>(())
 /// ```
 pub fn dnc_sample(xn: &Tensor, labels: &Tensor, cutoff: f64) -> Result<Triplets> {
+    dnc_sample_rows(xn, labels, cutoff, &Shard::whole(xn.size()[0]))
+}
+
+/// [`dnc_sample`] for the anchors of `shard` only (every row stays a candidate positive
+/// and negative; `num_neg` is that of the whole batch).
+pub fn dnc_sample_rows(
+    xn: &Tensor,
+    labels: &Tensor,
+    cutoff: f64,
+    shard: &Shard,
+) -> Result<Triplets> {
     check_inputs(xn, labels)?;
     let b = xn.size()[0] as usize;
-    let d = pdist(&xn.detach())
+    shard.check(b as i64)?;
+    let (first, own) = (shard.start as usize, shard.len as usize);
+    let d = pdist_rows(&xn.detach(), shard.start, shard.len)
         .to_kind(Kind::Double)
         .to_device(tch::Device::Cpu)
         .view([-1]);
     let d = Vec::<f64>::try_from(&d)?;
     let labels = Vec::<i64>::try_from(&labels.to_device(tch::Device::Cpu))?;
-    let positives: Vec<Vec<usize>> = (0..b)
+    // Σᵢ #posᵢ over the whole batch: Σ_c n_c (n_c − 1).
+    let mut per_class = std::collections::HashMap::<i64, usize>::new();
+    for &y in &labels {
+        *per_class.entry(y).or_insert(0) += 1;
+    }
+    let total: usize = per_class.values().map(|&n| n * (n - 1)).sum();
+    let positives: Vec<Vec<usize>> = (first..first + own)
         .map(|i| {
             (0..b)
                 .filter(|&j| j != i && labels[j] == labels[i])
                 .collect()
         })
         .collect();
-    let total: usize = positives.iter().map(Vec::len).sum();
     let mut out = Triplets::default();
     if b == 0 {
         return Ok(out);
@@ -123,8 +160,9 @@ pub fn dnc_sample(xn: &Tensor, labels: &Tensor, cutoff: f64) -> Result<Triplets>
         return Ok(out);
     }
     let mut order: Vec<usize> = Vec::with_capacity(b);
-    for (i, pos) in positives.iter().enumerate() {
-        let row = &d[i * b..(i + 1) * b];
+    for (r, pos) in positives.iter().enumerate() {
+        let i = first + r;
+        let row = &d[r * b..(r + 1) * b];
         let masks = |j: usize| {
             let near = u8::from(row[j] < cutoff);
             if j == i {
@@ -178,25 +216,11 @@ impl MarginLoss {
 }
 
 impl MetricLoss for MarginLoss {
-    fn compute(&self, emb: &Tensor, labels: &Tensor) -> Result<LossOutput> {
+    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput> {
         check_inputs(emb, labels)?;
         let b = emb.size()[0];
         let xn = normalize(emb);
-        let t = dnc_sample(&xn, labels, self.cutoff)?;
-        let n = t.anchors.len();
-        let empty = MiningStats {
-            active: 0,
-            mined: n,
-            pos_sim_mean: 0.0,
-            neg_sim_mean: 0.0,
-            contributing_fraction: 0.0,
-        };
-        if n == 0 {
-            return Ok(LossOutput {
-                loss: zero_loss(emb),
-                stats: empty,
-            });
-        }
+        let t = dnc_sample_rows(&xn, labels, self.cutoff, shard)?;
         let dev = emb.device();
         let idx = |v: &[i64]| Tensor::from_slice(v).to_device(dev);
         let (ai, pi, ni) = (idx(&t.anchors), idx(&t.positives), idx(&t.negatives));
@@ -215,27 +239,30 @@ impl MetricLoss for MarginLoss {
         let pos_loss = ((&d_ap - self.beta) + self.margin).relu();
         let neg_loss = ((d_an.neg() + self.beta) + self.margin).relu();
         let (pos_on, neg_on) = (pos_loss.gt(0.0), neg_loss.gt(0.0));
-        let pairs = count(&pos_on) + count(&neg_on);
         // Anchors with a non-zero term.
         let on = pos_on.logical_or(&neg_on).to_kind(Kind::Int64);
         let per_anchor = Tensor::zeros([b], (Kind::Int64, dev)).index_add(0, &ai, &on);
-        let mean_sim = |sq: &Tensor| -> f64 {
-            let sim: Tensor = (sq.detach() * -0.5) + 1.0;
-            sim.mean(Kind::Double).double_value(&[])
+        let triplets = Tensor::ones([t.anchors.len() as i64], (Kind::Int64, dev));
+        let sim = |sq: &Tensor| (sq.detach() * -0.5) + 1.0;
+        let mut acc = StatsAcc {
+            active: count(&pos_on) + count(&neg_on),
+            mined: t.anchors.len() as i64,
+            contributing: count(&per_anchor.gt(0)),
+            ..StatsAcc::default()
         };
-        let stats = MiningStats {
-            active: pairs as usize,
-            mined: n,
-            pos_sim_mean: mean_sim(&sq_ap),
-            neg_sim_mean: mean_sim(&sq_an),
-            contributing_fraction: count(&per_anchor.gt(0)) as f64 / b as f64,
-        };
-        let loss = if pairs > 0 {
-            (pos_loss + neg_loss).sum(kind) / pairs as f64
+        acc.add_pos(&sim(&sq_ap), &triplets);
+        acc.add_neg(&sim(&sq_an), &triplets);
+        // Divided by the active pairs of the whole batch.
+        acc.sum_with(shard, &[])?;
+        let loss = if acc.active > 0 {
+            (pos_loss + neg_loss).sum(kind) / acc.active as f64
         } else {
             zero_loss(emb)
         };
-        Ok(LossOutput { loss, stats })
+        Ok(LossOutput {
+            loss,
+            stats: acc.finish(b),
+        })
     }
 
     fn name(&self) -> String {

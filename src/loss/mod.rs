@@ -20,6 +20,12 @@
 //! Group Loss has no PML counterpart; [`GroupLoss`] follows the official code
 //! (dvl-tum/group_loss) and `tools/group_loss_ref.py`.
 //!
+//! **Sharded.** Under W ranks each rank computes only the terms whose anchor is one of
+//! its rows ([`Shard`]), against the whole gathered batch; counts that a loss divides by
+//! are summed over ranks first, so the parts add up to the global loss exactly. Group
+//! Loss iterates over the whole similarity matrix and is not sharded: one rank computes
+//! it (see [`Objective`]).
+//!
 //! **Bounded memory.** Nothing of size B×B×B is ever built, and not even the B×B
 //! matrix when B is large: the losses walk over chunks of anchor rows (each chunk
 //! builds `[rows, B]`, or `[rows, P, B]` for batch-all / semi-hard, P the largest
@@ -40,6 +46,7 @@ pub mod group;
 pub mod margin;
 pub mod multi_similarity;
 pub mod objective;
+pub mod shard;
 pub mod stats;
 pub mod triplet;
 
@@ -47,15 +54,25 @@ pub use distance::Distance;
 pub use group::GroupLoss;
 pub use margin::MarginLoss;
 pub use multi_similarity::MultiSimilarityLoss;
-pub use objective::Objective;
+pub use objective::{Objective, ObjectiveOutput};
+pub use shard::Shard;
 pub use stats::MiningStats;
 pub use triplet::{TripletLoss, TripletMiner};
 
 /// A metric loss (with its miner) over the gathered global batch.
 pub trait MetricLoss {
-    /// Loss over the gathered global batch: `emb` `[B, D]` (f32 or f64, requires grad),
-    /// `labels` `[B]` i64.
-    fn compute(&self, emb: &Tensor, labels: &Tensor) -> Result<LossOutput>;
+    /// This share's part of the loss over the gathered global batch: the terms whose
+    /// anchor is one of the shard's rows, mined against all rows of `emb` `[B, D]` (f32
+    /// or f64, requires grad), `labels` `[B]` i64, and divided by the global counts.
+    /// The parts of all shares sum to the loss, in value and gradient; the statistics
+    /// returned are those of the whole batch.
+    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput>;
+
+    /// The loss over the whole batch in one process ([`Shard::whole`]).
+    fn compute(&self, emb: &Tensor, labels: &Tensor) -> Result<LossOutput> {
+        self.compute_shard(emb, labels, &Shard::whole(emb.size()[0]))
+    }
+
     /// A short name for logs, e.g. `triplet(batch_hard, margin=0.2)`.
     fn name(&self) -> String;
 }
@@ -63,7 +80,8 @@ pub trait MetricLoss {
 /// What a loss returns: the differentiable scalar and the step's mining statistics.
 #[derive(Debug)]
 pub struct LossOutput {
-    /// 0-d, differentiable with respect to the embeddings.
+    /// 0-d, differentiable with respect to the embeddings: this share's part (the whole
+    /// loss for [`Shard::whole`]).
     pub loss: Tensor,
     /// Mining statistics of the batch.
     pub stats: MiningStats,

@@ -14,7 +14,7 @@ use tch::{Kind, Tensor};
 use super::chunk::{scalar, with_grad, zero_loss, Leaf, DEFAULT_BUDGET};
 use super::distance::{chunk_rows, label_masks};
 use super::stats::{count, StatsAcc};
-use super::{check_inputs, LossOutput, MetricLoss};
+use super::{check_inputs, LossOutput, MetricLoss, Shard};
 use crate::error::Result;
 
 /// Multi-Similarity loss, with the ε miner or on all pairs.
@@ -90,13 +90,15 @@ impl MultiSimilarityLoss {
 }
 
 impl MetricLoss for MultiSimilarityLoss {
-    fn compute(&self, emb: &Tensor, labels: &Tensor) -> Result<LossOutput> {
+    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput> {
         check_inputs(emb, labels)?;
         let labels = labels.to_device(emb.device());
         let b = emb.size()[0];
+        shard.check(b)?;
         let kind = emb.kind();
         let mut acc = StatsAcc::default();
-        // PML's miner returns nothing when the batch has no positive or no negative pair.
+        // PML's miner returns nothing when the batch has no positive or no negative pair
+        // (decided by the global labels: the same on every share, no collective).
         let (_, _, counts) = labels.internal_unique2(true, false, true);
         let any_pos = b > 0 && counts.max().int64_value(&[]) > 1;
         let any_neg = counts.size()[0] > 1;
@@ -106,16 +108,17 @@ impl MetricLoss for MultiSimilarityLoss {
                 stats: acc.finish(b),
             });
         }
-        let rows = chunk_rows(b, b, self.budget);
-        let single = rows >= b;
+        let rows = chunk_rows(shard.len.max(1), b, self.budget);
+        let single = shard.covers(b) && rows >= b;
         let leaf = Leaf::new(emb);
         with_grad(|| {
             let (mut n_pos, mut n_neg) = (0i64, 0i64);
             let mut sum = 0.0f64;
             let mut value: Option<Tensor> = None;
-            let mut start = 0;
-            while start < b {
-                let len = rows.min(b - start);
+            let end = shard.start + shard.len;
+            let mut start = shard.start;
+            while start < end {
+                let len = rows.min(end - start);
                 let x = leaf.rows(start, len);
                 let s = x.matmul(&leaf.leaf.tr());
                 let (pos, neg) = label_masks(&labels, start, len);
@@ -139,13 +142,15 @@ impl MetricLoss for MultiSimilarityLoss {
                     mean.backward();
                     value = Some(mean);
                 } else {
+                    // Averaged over all B anchors of the global batch.
                     let part = losses.sum(kind) * (1.0 / b as f64);
                     sum += losses.detach().sum(Kind::Double).double_value(&[]);
                     part.backward();
                 }
                 start += len;
             }
-            if n_pos <= 1 && n_neg <= 1 {
+            let pairs = acc.sum_with(shard, &[n_pos as f64, n_neg as f64])?;
+            if pairs[0] <= 1.0 && pairs[1] <= 1.0 {
                 // PML: `all(len(x) <= 1 for x in indices_tuple)` → zero loss.
                 let stats = StatsAcc::default().finish(b);
                 return Ok(LossOutput {

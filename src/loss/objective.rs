@@ -3,12 +3,26 @@
 //! distillation term.
 use tch::Tensor;
 
+use super::chunk::zero_loss;
 use super::classification::SmoothedCrossEntropy;
-use super::distill::distillation;
-use super::{GroupLoss, LossOutput, MetricLoss};
+use super::distill::distillation_shard;
+use super::{GroupLoss, MetricLoss, MiningStats, Shard};
 use crate::config::{Config, DistillKind, LossName};
 use crate::error::{Error, Result};
 use crate::model::HeadOutput;
+
+/// What [`Objective::compute_shard`] returns.
+#[derive(Debug)]
+pub struct ObjectiveOutput {
+    /// This share's part, 0-d and differentiable: back-propagate it, then sum the
+    /// gradients of all shares.
+    pub share: Tensor,
+    /// The whole objective (the sum of every share's part), the same on every share.
+    pub value: f64,
+    /// Mining statistics of the whole batch's first metric term (Group Loss: of the
+    /// lead share; default on the others).
+    pub stats: MiningStats,
+}
 
 /// What the objective sums, built from the config.
 ///
@@ -29,7 +43,7 @@ use crate::model::HeadOutput;
 /// let out = dml::model::HeadOutput { embeddings: vec![e.shallow_clone()], logits: vec![], test: e };
 /// let labels = tch::Tensor::from_slice(&[0i64, 0, 1, 1]);
 /// let l = objective.compute(&out, &labels, None)?;
-/// l.loss.backward();
+/// l.share.backward();
 /// # Ok::<(), dml::Error>(())
 /// ```
 pub struct Objective {
@@ -82,13 +96,32 @@ impl Objective {
     }
 
     /// The objective on a head's output `out` over the global batch with `labels` `[B]`
-    /// and, for distillation, the teacher's embeddings `teacher` `[B, D_t]`.
+    /// and, for distillation, the teacher's embeddings `teacher` `[B, D_t]`, in one
+    /// process ([`Shard::whole`]).
     pub fn compute(
         &self,
         out: &HeadOutput,
         labels: &Tensor,
         teacher: Option<&Tensor>,
-    ) -> Result<LossOutput> {
+    ) -> Result<ObjectiveOutput> {
+        let b = labels.size().first().copied().unwrap_or(0);
+        self.compute_shard(out, labels, teacher, &Shard::whole(b))
+    }
+
+    /// This share's part of the objective (see [`Shard`]): every sharded term's part
+    /// (metric losses and cross-entropy by anchor rows, distillation by rows of its
+    /// distance matrices); Group Loss, which iterates over the whole similarity matrix,
+    /// whole on the lead share and as a zero with a graph on the others (so that every
+    /// share has gradients for the same parameters). The parts of all shares sum to the
+    /// objective in value and gradient; [`ObjectiveOutput::value`] is that sum, the same on
+    /// every share (one collective of one f64).
+    pub fn compute_shard(
+        &self,
+        out: &HeadOutput,
+        labels: &Tensor,
+        teacher: Option<&Tensor>,
+        shard: &Shard,
+    ) -> Result<ObjectiveOutput> {
         let mut terms: Vec<Tensor> = Vec::new();
         let mut stats = None;
         let mut logits = out.logits.iter();
@@ -103,34 +136,43 @@ impl Objective {
                     ))
                 }
             };
-            let lo = g.compute_with_logits(f, l, labels)?;
-            terms.push(lo.loss);
-            stats = Some(lo.stats);
+            if shard.lead {
+                let lo = g.compute_with_logits(f, l, labels)?;
+                terms.push(lo.loss);
+                stats = Some(lo.stats);
+            } else {
+                g.check(f, l, labels)?;
+                terms.push(zero_loss(f) + zero_loss(l));
+                stats = Some(MiningStats::default());
+            }
         }
         if let Some(m) = &self.metric {
             for e in &out.embeddings {
-                let lo = m.compute(e, labels)?;
+                let lo = m.compute_shard(e, labels, shard)?;
                 terms.push(lo.loss);
                 stats.get_or_insert(lo.stats);
             }
         }
         if self.ce_weight > 0.0 {
             for l in logits {
-                terms.push(self.ce.compute(l, labels) * self.ce_weight);
+                terms.push(self.ce.compute_shard(l, labels, shard) * self.ce_weight);
             }
         }
         if let Some((kind, weight)) = self.distill {
             let t = teacher.ok_or_else(|| {
                 Error::Train("distillation: no teacher embeddings were given".into())
             })?;
-            terms.push(distillation(kind, &out.test, t)? * weight);
+            terms.push(distillation_shard(kind, &out.test, t, shard)? * weight);
         }
-        let loss = terms
+        let share = terms
             .into_iter()
             .reduce(|a, b| a + b)
             .ok_or_else(|| Error::Config("the objective has no term".into()))?;
-        Ok(LossOutput {
-            loss,
+        let mut value = [share.double_value(&[])];
+        shard.sum(&mut value)?;
+        Ok(ObjectiveOutput {
+            share,
+            value: value[0],
             stats: stats.unwrap_or_default(),
         })
     }

@@ -1,6 +1,9 @@
 //! Per-step mining statistics, written to `metrics.jsonl`.
 use tch::Tensor;
 
+use super::Shard;
+use crate::error::Result;
+
 /// Mining statistics of one batch.
 ///
 /// Similarities are **cosine similarities** of the L2-normalised embeddings, whatever
@@ -50,6 +53,28 @@ impl StatsAcc {
         let (s, n) = weighted(sim, count);
         self.neg.0 += s;
         self.neg.1 += n;
+    }
+
+    /// Sums these statistics and `extra` over all shares of `shard` in one collective;
+    /// returns the summed `extra`. Counts travel as f64, exact below 2⁵³.
+    pub fn sum_with(&mut self, shard: &Shard, extra: &[f64]) -> Result<Vec<f64>> {
+        let mut v = vec![
+            self.active as f64,
+            self.mined as f64,
+            self.pos.0,
+            self.pos.1 as f64,
+            self.neg.0,
+            self.neg.1 as f64,
+            self.contributing as f64,
+        ];
+        v.extend_from_slice(extra);
+        shard.sum(&mut v)?;
+        self.active = v[0] as i64;
+        self.mined = v[1] as i64;
+        self.pos = (v[2], v[3] as i64);
+        self.neg = (v[4], v[5] as i64);
+        self.contributing = v[6] as i64;
+        Ok(v.split_off(7))
     }
 
     /// The statistics of a batch of `b` anchors.

@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 use super::chunk::{scalar, with_grad, zero_loss, Leaf, DEFAULT_BUDGET};
 use super::distance::{chunk_rows, label_masks, Distance};
 use super::stats::{count, StatsAcc};
-use super::{check_inputs, LossOutput, MetricLoss};
+use super::{check_inputs, LossOutput, MetricLoss, Shard};
 use crate::error::Result;
 
 /// How triplets are mined.
@@ -203,13 +203,15 @@ fn max_positives(labels: &Tensor) -> i64 {
 }
 
 impl MetricLoss for TripletLoss {
-    fn compute(&self, emb: &Tensor, labels: &Tensor) -> Result<LossOutput> {
+    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput> {
         check_inputs(emb, labels)?;
         let labels = labels.to_device(emb.device());
         let b = emb.size()[0];
+        shard.check(b)?;
         let p_max = max_positives(&labels);
         let mut acc = StatsAcc::default();
         if b == 0 || p_max <= 0 {
+            // Decided by the global labels: the same on every share, no collective.
             return Ok(LossOutput {
                 loss: zero_loss(emb),
                 stats: acc.finish(b),
@@ -219,16 +221,17 @@ impl MetricLoss for TripletLoss {
             TripletMiner::BatchHard => b,
             _ => b * p_max,
         };
-        let rows = chunk_rows(b, per_row, self.budget);
+        let rows = chunk_rows(shard.len.max(1), per_row, self.budget);
         let leaf = Leaf::new(emb);
-        let single = rows >= b;
+        let single = shard.covers(b) && rows >= b;
         let kind = emb.kind();
         with_grad(|| {
             let mut kept: Option<Tensor> = None;
             let mut sum = 0.0f64;
-            let mut start = 0;
-            while start < b {
-                let len = rows.min(b - start);
+            let end = shard.start + shard.len;
+            let mut start = shard.start;
+            while start < end {
+                let len = rows.min(end - start);
                 let x = leaf.rows(start, len);
                 let d = self.distance.badness(&x, &leaf.leaf);
                 let part = match self.miner {
@@ -244,6 +247,8 @@ impl MetricLoss for TripletLoss {
                 }
                 start += len;
             }
+            // PML's AvgNonZeroReducer divides by the non-zero terms of the whole batch.
+            acc.sum_with(shard, &[])?;
             let stats = acc.finish(b);
             if acc.active == 0 {
                 return Ok(LossOutput {

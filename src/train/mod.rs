@@ -153,7 +153,11 @@ impl Loop {
         let mut extra = serde_json::to_value(&out.stats).unwrap_or(json!({}));
         merge(
             &mut extra,
-            json!({ "step_s": out.step_seconds, "comm_s": out.comm_seconds }),
+            json!({
+                "step_s": out.step_seconds,
+                "comm_s": out.comm_seconds,
+                "objective_s": out.objective_seconds,
+            }),
         );
         let every = cfg.eval.every;
         if let Some(v) = self

@@ -2,17 +2,23 @@
 //!
 //! Each rank runs its half of the model ([`Model::forward_local`]) on its slice,
 //! all-gathers detached copies of the per-sample tensors into the global batch `E`
-//! (leaves that require grad), runs the head's global half and the whole objective on
-//! `E` (identical on every rank), and calls backward once: this fills the gradients of
-//! the parameters after the gather and `G = dL/dE`. It then back-propagates its own
-//! rows of `G` through its local graph. Gradients before the gather (trunk, local head)
-//! are summed across ranks, those after it averaged.
+//! (leaves that require grad), runs the head's global half on `E` (identical on every
+//! rank: BatchNorm over vectors sees the global batch), and computes **its share** of the
+//! objective: the terms whose anchor is one of its own rows, against all of `E`, divided
+//! by global counts ([`crate::loss::Shard`]), on detached leaf copies of the head's
+//! outputs. One backward of the share gives the partial gradient of those inputs over
+//! all rows; the partials are summed across ranks (an all-reduce of `[B, d]`), and every
+//! rank back-propagates the sum through the head's global half, which gives
+//! `G = dL/dE` and the gradients of the parameters after the gather exactly as one
+//! process would. Each rank then back-propagates its own rows of `G` through its local
+//! graph. Gradients before the gather (trunk, local head) are summed across ranks, those
+//! after it averaged (they are the same on every rank).
 use tch::Tensor;
 
 use crate::data::loader::Batch;
 use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
-use crate::loss::{MiningStats, Objective};
+use crate::loss::{MiningStats, Objective, Shard};
 use crate::model::Model;
 use crate::optim::Adam;
 
@@ -37,7 +43,7 @@ pub struct StepEnv<'a> {
 /// What one step produced.
 #[derive(Debug, Clone)]
 pub struct StepOutput {
-    /// The global objective (identical on every rank).
+    /// The global objective (the sum of every rank's share; identical on every rank).
     pub loss: f64,
     /// Mining statistics of the global batch.
     pub stats: MiningStats,
@@ -46,6 +52,9 @@ pub struct StepOutput {
     /// Of those, seconds spent in collectives (all-gathers and the gradient
     /// all-reduce, including waiting for the other ranks).
     pub comm_seconds: f64,
+    /// Of those, seconds in this rank's share of the objective and its backward to the
+    /// gathered embeddings (collectives inside it included).
+    pub objective_seconds: f64,
 }
 
 /// Runs `f`, adding its duration in seconds to `acc`.
@@ -99,16 +108,49 @@ pub fn forward_backward(
     if let Some((c, k)) = slice {
         out = out.slice(c, k)?;
     }
-    let objective = env
-        .objective
-        .compute(&out, &global_labels, teacher.as_ref())?;
-    let loss = objective.loss.double_value(&[]);
+    let objective_started = std::time::Instant::now();
+    let shard_comm = std::cell::Cell::new(0.0);
+    let sum = |v: &mut [f64]| {
+        let t = std::time::Instant::now();
+        let r = dist::sum_f64s(comm, v);
+        shard_comm.set(shard_comm.get() + t.elapsed().as_secs_f64());
+        r
+    };
+    let shard = Shard::new(comm.rank() as i64 * rows, rows, comm.rank() == 0, &sum);
+    // The objective's inputs as leaves: each rank's share back-propagates into them.
+    let inputs = out.leaves();
+    let objective =
+        env.objective
+            .compute_shard(&inputs, &global_labels, teacher.as_ref(), &shard)?;
+    let loss = objective.value;
     if !loss.is_finite() {
         return Err(Error::Train(format!(
             "loss is {loss} at step {step}; the last good checkpoint is kept. Lower optim.lr or check the data"
         )));
     }
-    objective.loss.backward();
+    if objective.share.requires_grad() {
+        objective.share.backward();
+    }
+    let objective_s = objective_started.elapsed().as_secs_f64();
+    comm_s += shard_comm.get();
+    // dL/d(inputs) = Σ_r dL_r/d(inputs), the same on every rank, then back through the
+    // head's global half: G = dL/dE (and the post-gather gradients) as on one process.
+    let input_leaves = inputs.tensors();
+    timed(&mut comm_s, || {
+        dist::all_reduce_grads(comm, &input_leaves, env.bucket_bytes)
+    })?;
+    let through_head = out
+        .tensors()
+        .iter()
+        .zip(&input_leaves)
+        .filter_map(|(o, l)| {
+            let g = l.grad();
+            g.defined().then(|| (o * g).sum(model.kind()))
+        })
+        .reduce(|a, b| a + b);
+    if let Some(surrogate) = through_head.filter(|s| s.requires_grad()) {
+        surrogate.backward();
+    }
     let own_rows = parts
         .iter()
         .zip(&gathered)
@@ -137,6 +179,7 @@ pub fn forward_backward(
         stats: objective.stats,
         step_seconds: started.elapsed().as_secs_f64(),
         comm_seconds: comm_s,
+        objective_seconds: objective_s,
     })
 }
 

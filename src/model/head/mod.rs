@@ -9,8 +9,10 @@
 //! * [`Head::global`] maps the gathered per-sample tensors of the **global** batch to
 //!   the embeddings the losses see, the classifier logits and the test embedding —
 //!   everything after the last per-sample tensor (BatchNorm over vectors, classifiers).
-//!   Its parameters live under `head.post.*`, are computed identically on every rank,
-//!   and their gradients are **averaged**.
+//!   Its parameters live under `head.post.*` and are computed identically on every
+//!   rank, forward and backward (the trainer back-propagates the summed gradient of the
+//!   objective's inputs through them), so their gradients are **averaged**, which only
+//!   keeps the ranks bitwise together.
 //!
 //! Model code knows nothing of ranks: outside training (evaluation, embedding) the two
 //! halves simply run back to back on one batch.
@@ -71,6 +73,26 @@ pub struct HeadOutput {
 }
 
 impl HeadOutput {
+    /// Detached copies of every tensor that require grad (leaves), in the same places.
+    pub fn leaves(&self) -> HeadOutput {
+        let leaf = |t: &Tensor| t.detach().set_requires_grad(true);
+        HeadOutput {
+            embeddings: self.embeddings.iter().map(leaf).collect(),
+            logits: self.logits.iter().map(leaf).collect(),
+            test: leaf(&self.test),
+        }
+    }
+
+    /// Every tensor: the embeddings, the logits, then the test embedding.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        self.embeddings
+            .iter()
+            .chain(&self.logits)
+            .chain(std::iter::once(&self.test))
+            .map(Tensor::shallow_clone)
+            .collect()
+    }
+
     /// Divide and Conquer: every embedding restricted to slice `c` of `k` equal slices
     /// of its dimensions, L2-normalised again (CompVis/metric-learning-divide-and-conquer,
     /// lib/model.py). `k = 1` leaves the output unchanged.
