@@ -19,7 +19,7 @@ use crate::data::loader::Batch;
 use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
 use crate::loss::{MiningStats, Objective, Shard};
-use crate::model::Model;
+use crate::model::{HeadOutput, Model};
 use crate::optim::Adam;
 
 /// What every step works with besides the batch.
@@ -108,49 +108,8 @@ pub fn forward_backward(
     if let Some((c, k)) = slice {
         out = out.slice(c, k)?;
     }
-    let objective_started = std::time::Instant::now();
-    let shard_comm = std::cell::Cell::new(0.0);
-    let sum = |v: &mut [f64]| {
-        let t = std::time::Instant::now();
-        let r = dist::sum_f64s(comm, v);
-        shard_comm.set(shard_comm.get() + t.elapsed().as_secs_f64());
-        r
-    };
-    let shard = Shard::new(comm.rank() as i64 * rows, rows, comm.rank() == 0, &sum);
-    // The objective's inputs as leaves: each rank's share back-propagates into them.
-    let inputs = out.leaves();
-    let objective =
-        env.objective
-            .compute_shard(&inputs, &global_labels, teacher.as_ref(), &shard)?;
-    let loss = objective.value;
-    if !loss.is_finite() {
-        return Err(Error::Train(format!(
-            "loss is {loss} at step {step}; the last good checkpoint is kept. Lower optim.lr or check the data"
-        )));
-    }
-    if objective.share.requires_grad() {
-        objective.share.backward();
-    }
-    let objective_s = objective_started.elapsed().as_secs_f64();
-    comm_s += shard_comm.get();
-    // dL/d(inputs) = Σ_r dL_r/d(inputs), the same on every rank, then back through the
-    // head's global half: G = dL/dE (and the post-gather gradients) as on one process.
-    let input_leaves = inputs.tensors();
-    timed(&mut comm_s, || {
-        dist::all_reduce_grads(comm, &input_leaves, env.bucket_bytes)
-    })?;
-    let through_head = out
-        .tensors()
-        .iter()
-        .zip(&input_leaves)
-        .filter_map(|(o, l)| {
-            let g = l.grad();
-            g.defined().then(|| (o * g).sum(model.kind()))
-        })
-        .reduce(|a, b| a + b);
-    if let Some(surrogate) = through_head.filter(|s| s.requires_grad()) {
-        surrogate.backward();
-    }
+    let share = objective_backward(env, &out, &global_labels, teacher.as_ref(), rows, step)?;
+    comm_s += share.comm_seconds;
     let own_rows = parts
         .iter()
         .zip(&gathered)
@@ -175,11 +134,82 @@ pub fn forward_backward(
         dist::average_grads(comm, &post, env.bucket_bytes)
     })?;
     Ok(StepOutput {
-        loss,
-        stats: objective.stats,
+        loss: share.loss,
+        stats: share.stats,
         step_seconds: started.elapsed().as_secs_f64(),
         comm_seconds: comm_s,
-        objective_seconds: objective_s,
+        objective_seconds: share.seconds,
+    })
+}
+
+/// What [`objective_backward`] leaves besides the gradients.
+struct ShareOutput {
+    loss: f64,
+    stats: MiningStats,
+    seconds: f64,
+    comm_seconds: f64,
+}
+
+/// This rank's share of the objective on the head's output `out` over the global batch
+/// (own rows `rank·rows ..`), its backward, the sum of all ranks' partial gradients of the
+/// objective's inputs, and one backward of that sum through `out`'s graph (the head's
+/// global half): afterwards the gathered tensors hold `G = dL/dE` and the post-gather
+/// parameters their gradients, as on one process.
+fn objective_backward(
+    env: &StepEnv,
+    out: &HeadOutput,
+    labels: &Tensor,
+    teacher: Option<&Tensor>,
+    rows: i64,
+    step: usize,
+) -> Result<ShareOutput> {
+    let (model, comm) = (env.model, env.comm);
+    let objective_started = std::time::Instant::now();
+    let shard_comm = std::cell::Cell::new(0.0);
+    let sum = |v: &mut [f64]| {
+        let t = std::time::Instant::now();
+        let r = dist::sum_f64s(comm, v);
+        shard_comm.set(shard_comm.get() + t.elapsed().as_secs_f64());
+        r
+    };
+    let shard = Shard::new(comm.rank() as i64 * rows, rows, comm.rank() == 0, &sum);
+    // The objective's inputs as leaves: each rank's share back-propagates into them.
+    let inputs = out.leaves();
+    let objective = env
+        .objective
+        .compute_shard(&inputs, labels, teacher, &shard)?;
+    let loss = objective.value;
+    if !loss.is_finite() {
+        return Err(Error::Train(format!(
+            "loss is {loss} at step {step}; the last good checkpoint is kept. Lower optim.lr or check the data"
+        )));
+    }
+    if objective.share.requires_grad() {
+        objective.share.backward();
+    }
+    // dL/d(inputs) = Σ_r dL_r/d(inputs), the same on every rank, then back through the
+    // head's global half: G = dL/dE (and the post-gather gradients) as on one process.
+    let input_leaves = inputs.tensors();
+    let reduce_started = std::time::Instant::now();
+    dist::all_reduce_grads(comm, &input_leaves, env.bucket_bytes)?;
+    let comm_seconds = shard_comm.get() + reduce_started.elapsed().as_secs_f64();
+    let through_head = out
+        .tensors()
+        .iter()
+        .zip(&input_leaves)
+        .filter_map(|(o, l)| {
+            let g = l.grad();
+            g.defined().then(|| (o * g).sum(model.kind()))
+        })
+        .reduce(|a, b| a + b);
+    if let Some(surrogate) = through_head.filter(|s| s.requires_grad()) {
+        surrogate.backward();
+    }
+    Ok(ShareOutput {
+        loss,
+        stats: objective.stats,
+        seconds: objective_started.elapsed().as_secs_f64(),
+        comm_seconds,
     })
 }
 
