@@ -277,6 +277,15 @@ pub fn world_size_invariance(sets: &[&str]) {
             diff <= 1e-9,
             "1 rank vs {np} ranks after 5 f64 steps: relative difference {diff}"
         );
+        let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        for line in metrics.lines() {
+            let m: serde_json::Value = serde_json::from_str(line).unwrap();
+            let (obj, step) = (m["objective_s"].as_f64(), m["step_s"].as_f64());
+            assert!(
+                matches!((obj, step), (Some(o), Some(s)) if o > 0.0 && o <= s),
+                "metrics.jsonl needs 0 < objective_s <= step_s: {line}"
+            );
+        }
     }
     train(
         1,
