@@ -74,15 +74,13 @@ pub fn distillation_shard(
                 .mean(s.kind()))
         }
         DistillKind::Relative => {
-            let ds = euclidean_matrix(s);
-            let dt = euclidean_matrix(&t);
+            let ds = euclidean_rows(s, 0, ss[0]);
+            let dt = euclidean_rows(&t, 0, ss[0]);
             Ok((ds - dt).square().sum(s.kind()).sqrt())
         }
     }
 }
 
-/// `[B, B]` Euclidean distances, `sqrt(clamp(|a|² + |b|² − 2a·b, 1e-12))` as the
-/// official code's `euclidean_dist`, so that the diagonal has a finite gradient.
 /// [`distillation_shard`] for a proper part of the batch (shapes checked by the caller).
 fn sharded(kind: DistillKind, s: &Tensor, t: &Tensor, shard: &Shard) -> Result<Tensor> {
     let b = s.size()[0];
@@ -113,18 +111,13 @@ fn sharded(kind: DistillKind, s: &Tensor, t: &Tensor, shard: &Shard) -> Result<T
     }
 }
 
-/// Rows `start..start + len` of [`euclidean_matrix`]`(x)`, `[len, B]`.
+/// Rows `start..start + len` of the Euclidean distance matrix of the rows of `x`
+/// `[B, D]`: `[len, B]`, `sqrt(max(‖xᵢ‖² + ‖xⱼ‖² − 2 xᵢ·xⱼ, 1e-12))` as the official
+/// code's `euclidean_dist`, so that the diagonal has a finite gradient.
 fn euclidean_rows(x: &Tensor, start: i64, len: i64) -> Tensor {
     let kind = x.kind();
     let sq = x.square().sum_dim_intlist([1i64].as_slice(), true, kind);
     let rows = x.narrow(0, start, len);
     let d2 = sq.narrow(0, start, len) + sq.tr() - rows.matmul(&x.tr()) * 2.0;
-    d2.clamp_min(1e-12).sqrt()
-}
-
-fn euclidean_matrix(x: &Tensor) -> Tensor {
-    let kind = x.kind();
-    let sq = x.square().sum_dim_intlist([1i64].as_slice(), true, kind);
-    let d2 = &sq + sq.tr() - x.matmul(&x.tr()) * 2.0;
     d2.clamp_min(1e-12).sqrt()
 }
