@@ -1,6 +1,6 @@
 //! Gives the `dml` binaries an RUNPATH to libtorch, so they run without LD_LIBRARY_PATH;
 //! links libtorch_cuda for real when the wheel has it; and compiles the small C++ shim
-//! `csrc/autocast.cpp` against libtorch's headers.
+//! (`csrc/autocast.cpp`, `csrc/fused_adam.cpp`) against libtorch's headers.
 //!
 //! torch-sys passes `-ltorch_cuda`, but the linker's `--as-needed` drops it (no symbol
 //! of it is used), and without it libtorch registers no CUDA backend
@@ -11,6 +11,7 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/fused_adam.cpp");
     let Ok(dir) = std::env::var("LIBTORCH") else {
         panic!("LIBTORCH is not set: run tools/setup.sh (it writes .cargo/config.toml)");
     };
@@ -25,11 +26,12 @@ fn main() {
         .cpp(true)
         .std("c++17")
         .file("csrc/autocast.cpp")
+        .file("csrc/fused_adam.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
-        .compile("dml_autocast");
+        .compile("dml_shim");
     println!("cargo:rustc-link-search=native={}", lib.display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");

@@ -3,6 +3,8 @@
 //! * [`map_readonly`]: memory-mapping a dataset file read-only;
 //! * [`set_cuda_autocast_bf16`]: the C++ shim (csrc/autocast.cpp) that sets the dtype of
 //!   CUDA autocast, which tch does not expose;
+//! * [`fused_adam`]: torch's fused Adam/AdamW kernels through the C++ shim
+//!   (csrc/fused_adam.cpp), which tch does not expose either;
 //! * [`nccl`] (with the `nccl` feature): the raw NCCL and CUDA runtime calls of
 //!   `dist::nccl`. Both libraries are loaded when first used (`libnccl.so.2` and
 //!   `libcudart.so.13`, which libtorch's CUDA build has already loaded), so a machine
@@ -25,6 +27,115 @@ pub fn map_readonly(file: &File) -> std::io::Result<memmap2::Mmap> {
 extern "C" {
     fn dml_set_cuda_autocast_dtype(bf16: i32);
     fn dml_cuda_autocast_dtype_is_bf16() -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn dml_fused_adam(
+        params: *const *const std::ffi::c_void,
+        grads: *const *const std::ffi::c_void,
+        exp_avgs: *const *const std::ffi::c_void,
+        exp_avg_sqs: *const *const std::ffi::c_void,
+        steps: *const *const std::ffi::c_void,
+        n: usize,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        decoupled: i32,
+    ) -> i32;
+    fn dml_shim_last_error() -> *const std::ffi::c_char;
+}
+
+/// The hyperparameters of one [`fused_adam`] call.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamHyper {
+    /// Learning rate.
+    pub lr: f64,
+    /// β₁, the first moment's decay.
+    pub beta1: f64,
+    /// β₂, the second moment's decay.
+    pub beta2: f64,
+    /// Weight decay: L2 added to the gradient (Adam) or decoupled (AdamW).
+    pub weight_decay: f64,
+    /// ε added to the denominator.
+    pub eps: f64,
+    /// AdamW (decoupled weight decay) instead of Adam.
+    pub decoupled: bool,
+}
+
+/// One Adam (or AdamW) update of every parameter in `params`, in place, by torch's fused
+/// kernel (`torch._fused_adam_`, what `torch.optim.Adam(fused=True)` runs): `grads`,
+/// `exp_avgs`, `exp_avg_sqs` and the float32 one-element `steps` (the step number of this
+/// update, already counted) are the matching tensors of each parameter. All tensors of a
+/// call share one device and kind. Errors are libtorch's message (a shape or kind
+/// mismatch, an unsupported device).
+///
+/// ```
+/// use tch::{Kind, Tensor};
+/// let p = Tensor::from_slice(&[1.0f32, -2.0]);
+/// let g = Tensor::from_slice(&[0.5f32, 0.5]);
+/// let (m, v) = (p.zeros_like(), p.zeros_like());
+/// let step = Tensor::from_slice(&[1.0f32]).view([]);
+/// let h = dml::sys::AdamHyper { lr: 0.1, beta1: 0.9, beta2: 0.999, weight_decay: 0.0, eps: 1e-8, decoupled: false };
+/// dml::sys::fused_adam(&[&p], &[&g], &[&m], &[&v], &[&step], h).unwrap();
+/// // The first Adam step moves each weight by lr against the gradient's sign.
+/// assert!((p.double_value(&[0]) - 0.9).abs() < 1e-6);
+/// assert!((p.double_value(&[1]) + 2.1).abs() < 1e-6);
+/// ```
+pub fn fused_adam(
+    params: &[&tch::Tensor],
+    grads: &[&tch::Tensor],
+    exp_avgs: &[&tch::Tensor],
+    exp_avg_sqs: &[&tch::Tensor],
+    steps: &[&tch::Tensor],
+    h: AdamHyper,
+) -> Result<(), String> {
+    let n = params.len();
+    if [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()] != [n; 4] {
+        return Err(format!(
+            "fused adam: {n} parameters but {} gradients, {} first and {} second moments, {} steps",
+            grads.len(),
+            exp_avgs.len(),
+            exp_avg_sqs.len(),
+            steps.len()
+        ));
+    }
+    let ptrs = |ts: &[&tch::Tensor]| {
+        ts.iter()
+            .map(|t| t.as_ptr().cast::<std::ffi::c_void>())
+            .collect::<Vec<_>>()
+    };
+    let (p, g, m, v, s) = (
+        ptrs(params),
+        ptrs(grads),
+        ptrs(exp_avgs),
+        ptrs(exp_avg_sqs),
+        ptrs(steps),
+    );
+    // SAFETY: each array holds `n` pointers to live at::Tensor objects (tch's C_tensor),
+    // borrowed for the duration of the call; the shim catches every C++ exception.
+    let rc = unsafe {
+        dml_fused_adam(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            s.as_ptr(),
+            n,
+            h.lr,
+            h.beta1,
+            h.beta2,
+            h.weight_decay,
+            h.eps,
+            i32::from(h.decoupled),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a NUL-terminated thread-local string that lives until the
+    // next failing call on this thread; it is copied out at once.
+    let msg = unsafe { std::ffi::CStr::from_ptr(dml_shim_last_error()) };
+    Err(format!("fused adam: {}", msg.to_string_lossy()))
 }
 
 /// Sets the dtype CUDA autocast casts to: bfloat16 (`true`) or float16 (`false`, torch's

@@ -8,7 +8,9 @@ Run from the repository root:
 Writes, for dtype in {f32, f64}:
   adam_<dtype>.safetensors  torch.optim.Adam / AdamW over five steps, two parameter
                             groups with different lr multipliers, weight decay, a
-                            parameter that has no gradient in the first two steps.
+                            parameter that has no gradient in the first two steps;
+                            `<case>.*` from the default single-tensor path,
+                            `<case>_fused.*` from fused=True (the kernel dml calls).
   swa_<dtype>.safetensors   torch.optim.swa_utils.AveragedModel over five weight
                             snapshots of a tiny Linear-BN-ReLU-Linear-BN model, then
                             update_bn over three batches of different sizes.
@@ -74,7 +76,7 @@ def adam_inputs(gen):
     return init, grads
 
 
-def run_adam(case, init, grads, dtype):
+def run_adam(case, init, grads, dtype, fused):
     params = {p: t.to(dtype).clone().requires_grad_(True) for p, t in init.items()}
     groups = [
         {"params": [params[p] for p in g["params"]], "lr": ADAM_LRS[0] * g["lr_mult"]}
@@ -82,7 +84,7 @@ def run_adam(case, init, grads, dtype):
     ]
     cls = torch.optim.AdamW if case["name"] == "adamw" else torch.optim.Adam
     opt = cls(groups, lr=ADAM_LRS[0], betas=tuple(case["betas"]), eps=case["eps"],
-              weight_decay=case["weight_decay"])
+              weight_decay=case["weight_decay"], fused=fused)
     out = {}
     for k, lr in enumerate(ADAM_LRS):
         for pg, g in zip(opt.param_groups, GROUPS):
@@ -215,8 +217,10 @@ def main():
             for p, g in step.items():
                 tensors[f"grad.{k}.{p}"] = g.to(dtype)
         for cname, case in ADAM_CASES.items():
-            for key, t in run_adam(case, init, grads, dtype).items():
+            for key, t in run_adam(case, init, grads, dtype, fused=False).items():
                 tensors[f"{cname}.{key}"] = t
+            for key, t in run_adam(case, init, grads, dtype, fused=True).items():
+                tensors[f"{cname}_fused.{key}"] = t
         save_file({k: v.contiguous() for k, v in tensors.items()},
                   os.path.join(args.out, f"adam_{tag}.safetensors"), metadata=META)
         swa = swa_fixture(torch.Generator().manual_seed(7), dtype)
