@@ -19,7 +19,7 @@ fn main() -> Result<()> {
     };
     let cfg = Config::load(Path::new(cfg_path), &args[3..])?;
     let comm = dml::dist::init(cfg.dist.backend)?;
-    dml::device::set_threads(comm.world());
+    dml::device::set_threads(0, comm.local_world());
     let s = setup(&cfg, comm.as_ref())?;
     let mut loader = TrainLoader::new(
         s.train.clone(),

@@ -431,6 +431,10 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Number of step checkpoints kept (older ones are deleted).
     pub keep_checkpoints: usize,
+    /// libtorch intra-op threads per rank; 0 (default): `OMP_NUM_THREADS` if set, else
+    /// the cores this rank may run on (its CPU binding, or the node's cores divided by
+    /// the ranks on the node when unbound; see `device::choose_threads`).
+    pub threads: usize,
 }
 
 impl Default for TrainConfig {
@@ -443,6 +447,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             checkpoint_every: 50,
             keep_checkpoints: 3,
+            threads: 0,
         }
     }
 }
@@ -498,7 +503,9 @@ pub enum Backend {
 pub struct DistConfig {
     /// Backend.
     pub backend: Backend,
-    /// Gradient all-reduce bucket size in MiB.
+    /// Gradient all-reduce bucket size in MiB; 0 (default): 1 MiB for a model on the
+    /// CPU (MPI through host memory is fastest with cache-sized buckets, BENCHMARKS.md
+    /// "Communication"), 25 MiB on CUDA (PyTorch DDP's bucket size).
     pub bucket_mb: f64,
 }
 
@@ -506,7 +513,7 @@ impl Default for DistConfig {
     fn default() -> Self {
         DistConfig {
             backend: Backend::Auto,
-            bucket_mb: 25.0,
+            bucket_mb: 0.0,
         }
     }
 }
@@ -874,8 +881,11 @@ impl Config {
                 );
             }
         }
-        if self.dist.bucket_mb <= 0.0 {
-            return fail("dist.bucket_mb", "must be positive".into());
+        if !(self.dist.bucket_mb >= 0.0 && self.dist.bucket_mb.is_finite()) {
+            return fail(
+                "dist.bucket_mb",
+                "must be a finite size in MiB, or 0 to choose by device".into(),
+            );
         }
         Ok(())
     }

@@ -38,15 +38,124 @@ pub fn kind(precision: Precision, device: Device) -> Result<Kind> {
     }
 }
 
-/// Sets libtorch's intra-op threads: `OMP_NUM_THREADS` if given, else the cores divided
-/// among the ranks sharing this machine.
-pub fn set_threads(ranks_on_node: usize) {
-    let threads = std::env::var("OMP_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cores / ranks_on_node.max(1)).max(1)
-        });
-    tch::set_num_threads(threads as i32);
+/// How many intra-op threads a rank uses, and why (for the start-up log line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadChoice {
+    /// libtorch intra-op threads.
+    pub threads: usize,
+    /// Where the number came from, e.g. `"2 cores / 2 ranks on this node"`.
+    pub reason: String,
+}
+
+/// The intra-op thread count of a rank: `requested` (`train.threads`) if positive, else
+/// `omp` (`OMP_NUM_THREADS`) if it is a positive number, else the cores this rank may
+/// use. `allowed` is the number of CPUs the process may run on (its affinity mask, cgroup
+/// quota included) and `online` the node's CPUs: a rank bound to a subset of the node
+/// (mpirun's default `--bind-to core`, Slurm's `--cpu-bind`) uses its own CPUs, an unbound
+/// rank the node's CPUs divided among the `ranks_on_node`. Loader workers are not given
+/// cores of their own: they wait on a bounded prefetch queue most of the step, and a
+/// decode-bound run sees it in `metrics.jsonl` (the step waits for its batch).
+///
+/// ```
+/// use dml::device::choose_threads;
+/// assert_eq!(choose_threads(0, None, 16, 16, 4).threads, 4); // unbound: 16 cores / 4 ranks
+/// assert_eq!(choose_threads(0, None, 1, 16, 4).threads, 1); // bound to one core
+/// assert_eq!(choose_threads(0, Some("3"), 16, 16, 4).threads, 3);
+/// assert_eq!(choose_threads(6, Some("3"), 16, 16, 4).threads, 6); // the config wins
+/// ```
+pub fn choose_threads(
+    requested: usize,
+    omp: Option<&str>,
+    allowed: usize,
+    online: usize,
+    ranks_on_node: usize,
+) -> ThreadChoice {
+    if requested > 0 {
+        return ThreadChoice {
+            threads: requested,
+            reason: "train.threads".into(),
+        };
+    }
+    if let Some(n) = omp
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return ThreadChoice {
+            threads: n,
+            reason: "OMP_NUM_THREADS".into(),
+        };
+    }
+    let (allowed, ranks) = (allowed.max(1), ranks_on_node.max(1));
+    if allowed < online {
+        return ThreadChoice {
+            threads: allowed,
+            reason: format!("this rank is bound to {allowed} of the node's {online} CPUs"),
+        };
+    }
+    ThreadChoice {
+        threads: (allowed / ranks).max(1),
+        reason: format!("{allowed} cores / {ranks} ranks on this node"),
+    }
+}
+
+/// The node's online CPUs (`/sys/devices/system/cpu/online`, e.g. `0-3,8-11`), or
+/// `None` where that file cannot be read.
+fn online_cpus() -> Option<usize> {
+    count_cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?)
+}
+
+/// The number of CPUs in a kernel CPU list (`0-3,8-11`, `0`, `0,2`).
+fn count_cpu_list(text: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in text.trim().split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().ok()? - a.parse::<usize>().ok()? + 1,
+            None => part.parse::<usize>().map(|_| 1).ok()?,
+        };
+    }
+    Some(n)
+}
+
+/// Chooses ([`choose_threads`]) and sets libtorch's intra-op threads for a rank that
+/// shares its node with `ranks_on_node` ranks; returns the choice.
+pub fn set_threads(requested: usize, ranks_on_node: usize) -> ThreadChoice {
+    let allowed = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let online = online_cpus().unwrap_or(allowed).max(allowed);
+    let omp = std::env::var("OMP_NUM_THREADS").ok();
+    let choice = choose_threads(requested, omp.as_deref(), allowed, online, ranks_on_node);
+    tch::set_num_threads(choice.threads as i32);
+    choice
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_counted() {
+        assert_eq!(count_cpu_list("0-3,8-11\n"), Some(8));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("0,2,5-6"), Some(4));
+        assert_eq!(count_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn threads_follow_binding_environment_and_config() {
+        // Unbound: the node's cores shared by its ranks, never fewer than one.
+        let c = choose_threads(0, None, 2, 2, 1);
+        assert_eq!(
+            (c.threads, c.reason.as_str()),
+            (2, "2 cores / 1 ranks on this node")
+        );
+        assert_eq!(choose_threads(0, None, 2, 2, 3).threads, 1);
+        // Bound by the launcher to 2 of 8 CPUs: those 2, whatever the rank count.
+        assert_eq!(choose_threads(0, None, 2, 8, 4).threads, 2);
+        // An empty or non-numeric OMP_NUM_THREADS is ignored.
+        assert_eq!(choose_threads(0, Some(""), 8, 8, 2).threads, 4);
+        assert_eq!(choose_threads(0, Some("0"), 8, 8, 2).threads, 4);
+        assert_eq!(
+            choose_threads(0, Some(" 5 "), 8, 8, 2).reason,
+            "OMP_NUM_THREADS"
+        );
+    }
 }

@@ -160,6 +160,43 @@ fn worker_errors_surface_and_drop_does_not_hang() {
         .expect("dropping the loader hung");
 }
 
+/// The CPU path (one pass in Rust) gives bit for bit what torch's element-wise ops give
+/// for `(x.permute / 255 − mean) / std`, the formula of torchvision's ToTensor +
+/// Normalize, in float32 and float64.
+#[test]
+fn to_tensor_on_cpu_equals_torch_ops_bit_for_bit() {
+    use dml::data::loader::{IMAGENET_MEAN, IMAGENET_STD};
+    let (b, s) = (3usize, 5usize);
+    let mut rng = SplitMix64::keyed(&[11]);
+    let pixels: Vec<u8> = (0..b * s * s * 3)
+        .map(|_| (rng.next_u64() % 256) as u8)
+        .collect();
+    let batch = Batch {
+        step: 0,
+        pixels: pixels.clone(),
+        labels: vec![0; b],
+        indices: vec![0; b],
+        size: s,
+    };
+    for kind in [tch::Kind::Float, tch::Kind::Double] {
+        let x = tch::Tensor::from_slice(&pixels)
+            .view([b as i64, s as i64, s as i64, 3])
+            .permute([0, 3, 1, 2])
+            .to_kind(kind);
+        let mean = tch::Tensor::from_slice(&IMAGENET_MEAN)
+            .to_kind(kind)
+            .view([1, 3, 1, 1]);
+        let std = tch::Tensor::from_slice(&IMAGENET_STD)
+            .to_kind(kind)
+            .view([1, 3, 1, 1]);
+        let want = ((x / 255.0 - mean) / std).contiguous();
+        let got = batch.to_tensor(tch::Device::Cpu, kind);
+        assert_eq!(got.size(), want.size());
+        assert!(got.is_contiguous());
+        assert!(got.equal(&want), "{kind:?}: differs from torch's ops");
+    }
+}
+
 #[test]
 fn to_tensor_normalises_one_pixel() {
     // One 2×2 image; pixel (y=1, x=0) is (255, 0, 128).

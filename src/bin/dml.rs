@@ -216,7 +216,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 _ => bail!("give --config FILE --out RUN, or --resume RUN"),
             };
             with_comm(cfg.dist.backend, |comm| {
-                dml::device::set_threads(comm.world());
+                let threads = dml::device::set_threads(cfg.train.threads, comm.local_world());
+                if comm.rank() == 0 {
+                    eprintln!(
+                        "dml: {} rank(s), {} on this node; {} intra-op thread(s) per rank ({})",
+                        comm.world(),
+                        comm.local_world(),
+                        threads.threads,
+                        threads.reason
+                    );
+                }
                 if !resuming && comm.rank() == 0 && !dml::train::checkpoint::list(&run)?.is_empty()
                 {
                     bail!(
@@ -284,7 +293,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         } => {
             let (cfg, out) = (run.load()?, run.out);
             with_comm(cfg.dist.backend, |comm| {
-                dml::device::set_threads(comm.world());
+                dml::device::set_threads(cfg.train.threads, comm.local_world());
                 let ramp = dml::train::lr_find::LrRamp { start, end, steps };
                 let r = dml::train::lr_find::lr_find(&cfg, comm, ramp)?;
                 if comm.rank() == 0 {
@@ -306,7 +315,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::RealityCheck { run } => {
             let (cfg, out) = (run.load()?, run.out);
             with_comm(cfg.dist.backend, |comm| {
-                dml::device::set_threads(comm.world());
+                dml::device::set_threads(cfg.train.threads, comm.local_world());
                 let report = dml::train::reality_check::run(&cfg, comm, &out)?;
                 if comm.rank() == 0 {
                     println!("{}", dml::train::reality_check::markdown(&report));
@@ -343,7 +352,7 @@ fn print_metrics(m: &Metrics, json: bool) {
 /// The model of a finished run and its test transform.
 fn load_run(comm: &dyn Comm, run: &Path) -> Result<(Model, EmbedOptions)> {
     let cfg = Config::load(&run.join("config.toml"), &[])?;
-    dml::device::set_threads(comm.world());
+    dml::device::set_threads(cfg.train.threads, comm.local_world());
     let weights = run.join("model.safetensors");
     let model = dml::train::load_model(&cfg, comm, &weights)
         .with_context(|| format!("loading {} (did the run finish?)", weights.display()))?;

@@ -1,4 +1,6 @@
 //! The MPI communicator (Open MPI, MPICH… through the `mpi` crate): CPU tensors.
+use std::cell::RefCell;
+
 use mpi::datatype::Equivalence;
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -23,6 +25,10 @@ pub struct Mpi {
     size: usize,
     local_rank: usize,
     local_world: usize,
+    /// Send buffers of the in-place all-reduces, kept between calls (no page faults on
+    /// every gradient bucket).
+    scratch_f32: RefCell<Vec<f32>>,
+    scratch_f64: RefCell<Vec<f64>>,
     // Dropped last: finalises MPI after the communicators above are freed.
     _universe: Universe,
 }
@@ -56,6 +62,8 @@ impl Mpi {
             size,
             local_rank,
             local_world,
+            scratch_f32: RefCell::default(),
+            scratch_f64: RefCell::default(),
             _universe: universe,
         })
     }
@@ -109,16 +117,24 @@ impl Mpi {
     fn reduce_typed<T: Element + Equivalence + Default + Clone>(
         &self,
         t: &mut Tensor,
+        scratch: &mut Vec<T>,
     ) -> Result<()> {
+        let sum = mpi::collective::SystemOperation::sum();
+        if let Some(data) = crate::sys::cpu_data_mut::<T>(t) {
+            // In place on the tensor's memory: one copy into the scratch as the send buffer.
+            for chunk in data.chunks_mut(CHUNK) {
+                scratch.clear();
+                scratch.extend_from_slice(chunk);
+                self.world.all_reduce_into(&scratch[..], chunk, sum);
+            }
+            return Ok(());
+        }
         let mine = host_vec::<T>(t)?;
         let mut out = vec![T::default(); mine.len()];
         for start in (0..mine.len()).step_by(CHUNK) {
             let end = (start + CHUNK).min(mine.len());
-            self.world.all_reduce_into(
-                &mine[start..end],
-                &mut out[start..end],
-                mpi::collective::SystemOperation::sum(),
-            );
+            self.world
+                .all_reduce_into(&mine[start..end], &mut out[start..end], sum);
         }
         write_back(t, &out)
     }
@@ -128,8 +144,14 @@ impl Mpi {
         t: &mut Tensor,
         root: usize,
     ) -> Result<()> {
-        let mut buf = host_vec::<T>(t)?;
         let root = self.world.process_at_rank(root as i32);
+        if let Some(data) = crate::sys::cpu_data_mut::<T>(t) {
+            for chunk in data.chunks_mut(CHUNK) {
+                root.broadcast_into(chunk);
+            }
+            return Ok(());
+        }
+        let mut buf = host_vec::<T>(t)?;
         for chunk in buf.chunks_mut(CHUNK) {
             root.broadcast_into(chunk);
         }
@@ -181,10 +203,10 @@ impl Comm for Mpi {
     fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
         self.agree(Op::AllReduceSum, Some(t), 0)?;
         match t.kind() {
-            Kind::Float => self.reduce_typed::<f32>(t),
-            Kind::Double => self.reduce_typed::<f64>(t),
-            Kind::Int64 => self.reduce_typed::<i64>(t),
-            Kind::Uint8 => self.reduce_typed::<u8>(t),
+            Kind::Float => self.reduce_typed::<f32>(t, &mut self.scratch_f32.borrow_mut()),
+            Kind::Double => self.reduce_typed::<f64>(t, &mut self.scratch_f64.borrow_mut()),
+            Kind::Int64 => self.reduce_typed::<i64>(t, &mut Vec::new()),
+            Kind::Uint8 => self.reduce_typed::<u8>(t, &mut Vec::new()),
             k => Err(Error::Dist(format!(
                 "all_reduce_sum: unsupported kind {k:?}"
             ))),

@@ -109,8 +109,15 @@ impl RunLog {
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
-        let ips = self.rate.push(self.started.elapsed().as_secs_f64(), batch);
-        let mut obj = json!({ "step": step, "loss": loss, "lr": lr, "images_per_s": ips });
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let ips = self.rate.push(elapsed, batch);
+        let mut obj = json!({
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "images_per_s": ips,
+            "elapsed_s": elapsed,
+        });
         if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {
             o.extend(e);
         }

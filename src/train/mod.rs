@@ -156,6 +156,7 @@ impl Loop {
             json!({
                 "step_s": out.step_seconds,
                 "comm_s": out.comm_seconds,
+                "comm_wait_s": out.comm_wait_seconds,
                 "objective_s": out.objective_seconds,
             }),
         );
@@ -217,7 +218,7 @@ fn step_env<'a>(
         objective,
         comm,
         teacher,
-        bucket_bytes: bucket_bytes(cfg),
+        bucket_bytes: bucket_bytes(cfg, model.device()),
         autocast: use_autocast(cfg, model),
     }
 }
@@ -232,9 +233,14 @@ fn use_autocast(cfg: &Config, model: &Model) -> bool {
     on
 }
 
-/// `dist.bucket_mb` in bytes.
-fn bucket_bytes(cfg: &Config) -> usize {
-    (cfg.dist.bucket_mb * (1 << 20) as f64) as usize
+/// `dist.bucket_mb` in bytes; 0 chooses by device (1 MiB on the CPU, 25 MiB on CUDA).
+fn bucket_bytes(cfg: &Config, device: tch::Device) -> usize {
+    let mb = match cfg.dist.bucket_mb {
+        mb if mb > 0.0 => mb,
+        _ if device.is_cuda() => 25.0,
+        _ => 1.0,
+    };
+    ((mb * (1 << 20) as f64) as usize).max(1)
 }
 
 /// The model of `cfg` on this rank's device with the weights of a safetensors file

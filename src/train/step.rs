@@ -52,7 +52,11 @@ pub struct StepOutput {
     /// Of those, seconds spent in collectives (all-gathers and the gradient
     /// all-reduce, including waiting for the other ranks).
     pub comm_seconds: f64,
-    /// Of those, seconds in this rank's share of the objective and its backward to the
+    /// Of the collectives, seconds the step was blocked on the gradient all-reduce after
+    /// its own backward had finished (the reduction is not overlapped with the backward
+    /// yet, so this is the whole gradient all-reduce).
+    pub comm_wait_seconds: f64,
+    /// Of the step, seconds in this rank's share of the objective and its backward to the
     /// gathered embeddings (collectives inside it included).
     pub objective_seconds: f64,
 }
@@ -129,15 +133,19 @@ pub fn forward_backward(
             false => pre.push(t.shallow_clone()),
         }
     }
-    timed(&mut comm_s, || -> Result<()> {
+    // Gradients are reduced after the whole local backward: all of it is waiting.
+    let mut wait_s = 0.0;
+    timed(&mut wait_s, || -> Result<()> {
         dist::all_reduce_grads(comm, &pre, env.bucket_bytes)?;
         dist::average_grads(comm, &post, env.bucket_bytes)
     })?;
+    comm_s += wait_s;
     Ok(StepOutput {
         loss: share.loss,
         stats: share.stats,
         step_seconds: started.elapsed().as_secs_f64(),
         comm_seconds: comm_s,
+        comm_wait_seconds: wait_s,
         objective_seconds: share.seconds,
     })
 }

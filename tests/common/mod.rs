@@ -285,6 +285,16 @@ pub fn world_size_invariance(sets: &[&str]) {
                 matches!((obj, step), (Some(o), Some(s)) if o > 0.0 && o <= s),
                 "metrics.jsonl needs 0 < objective_s <= step_s: {line}"
             );
+            let (wait, comm) = (m["comm_wait_s"].as_f64(), m["comm_s"].as_f64());
+            assert!(
+                matches!((wait, comm), (Some(w), Some(c)) if w > 0.0 && w <= c),
+                "metrics.jsonl needs 0 < comm_wait_s <= comm_s on {np} ranks: {line}"
+            );
+            let elapsed = m["elapsed_s"].as_f64();
+            assert!(
+                matches!(elapsed, Some(e) if e > 0.0),
+                "metrics.jsonl needs elapsed_s > 0: {line}"
+            );
         }
     }
     train(
