@@ -1,6 +1,6 @@
 //! Gives the `dml` binaries an RUNPATH to libtorch, so they run without LD_LIBRARY_PATH;
 //! links libtorch_cuda for real when the wheel has it; and compiles the small C++ shim
-//! (`csrc/autocast.cpp`, `csrc/fused_adam.cpp`) against libtorch's headers.
+//! (`csrc/autocast.cpp`, `csrc/fused_adam.cpp`, `csrc/grad_hooks.cpp`) against libtorch's headers.
 //!
 //! torch-sys passes `-ltorch_cuda`, but the linker's `--as-needed` drops it (no symbol
 //! of it is used), and without it libtorch registers no CUDA backend
@@ -12,6 +12,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-changed=csrc/fused_adam.cpp");
+    println!("cargo:rerun-if-changed=csrc/grad_hooks.cpp");
     let Ok(dir) = std::env::var("LIBTORCH") else {
         panic!("LIBTORCH is not set: run tools/setup.sh (it writes .cargo/config.toml)");
     };
@@ -27,6 +28,7 @@ fn main() {
         .std("c++17")
         .file("csrc/autocast.cpp")
         .file("csrc/fused_adam.cpp")
+        .file("csrc/grad_hooks.cpp")
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
         .define("_GLIBCXX_USE_CXX11_ABI", "1")

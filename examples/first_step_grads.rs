@@ -6,10 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use dml::config::Config;
 use dml::data::loader::TrainLoader;
-use dml::train::{
-    loader_options, setup,
-    step::{forward_backward, StepEnv},
-};
+use dml::train::{loader_options, setup, step::forward_backward, step_env};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -31,14 +28,13 @@ fn main() -> Result<()> {
     let batch = loader.next().context("no batch")?;
     let images = batch.to_tensor(s.model.device(), s.model.kind());
     let labels = tch::Tensor::from_slice(&batch.labels);
-    let env = StepEnv {
-        model: &s.model,
-        objective: &s.objective,
-        comm: comm.as_ref(),
-        teacher: s.teacher.as_ref(),
-        bucket_bytes: (cfg.dist.bucket_mb * (1 << 20) as f64) as usize,
-        autocast: false,
-    };
+    let env = step_env(
+        &cfg,
+        &s.model,
+        &s.objective,
+        comm.as_ref(),
+        s.teacher.as_ref(),
+    );
     let out_step = forward_backward(&env, &images, &labels, 1, None)?;
     if comm.rank() == 0 {
         let grads: Vec<(String, tch::Tensor)> = s

@@ -507,6 +507,10 @@ pub struct DistConfig {
     /// CPU (MPI through host memory is fastest with cache-sized buckets, BENCHMARKS.md
     /// "Communication"), 25 MiB on CUDA (PyTorch DDP's bucket size).
     pub bucket_mb: f64,
+    /// All-reduce gradient buckets during the backward on a communication thread
+    /// (`dist::GradReducer`; MPI on CPU tensors). `false`: the same buckets after the
+    /// backward, on the training thread (bit for bit the same result).
+    pub overlap: bool,
 }
 
 impl Default for DistConfig {
@@ -514,6 +518,7 @@ impl Default for DistConfig {
         DistConfig {
             backend: Backend::Auto,
             bucket_mb: 0.0,
+            overlap: true,
         }
     }
 }

@@ -5,6 +5,10 @@
 //!   CUDA autocast, which tch does not expose;
 //! * [`cpu_data`] / [`cpu_data_mut`]: a CPU tensor's elements as a slice, so that MPI
 //!   reads and writes tensor memory without host copies;
+//! * [`GradReadyHooks`] and [`set_grad`]: torch's post-accumulate-grad hooks and
+//!   `param.grad = view` through the C++ shim (csrc/grad_hooks.cpp), for the gradient
+//!   all-reduce overlapped with the backward; [`SendComm`], an MPI communicator a
+//!   communication thread may own;
 //! * [`fused_adam`]: torch's fused Adam/AdamW kernels through the C++ shim
 //!   (csrc/fused_adam.cpp), which tch does not expose either;
 //! * [`nccl`] (with the `nccl` feature): the raw NCCL and CUDA runtime calls of
@@ -45,6 +49,148 @@ extern "C" {
         decoupled: i32,
     ) -> i32;
     fn dml_shim_last_error() -> *const std::ffi::c_char;
+    fn dml_grad_token_new(
+        callback: extern "C" fn(*mut std::ffi::c_void, usize),
+        ctx: *mut std::ffi::c_void,
+    ) -> *mut std::ffi::c_void;
+    fn dml_grad_token_free(holder: *mut std::ffi::c_void);
+    fn dml_grad_hook(
+        holder: *mut std::ffi::c_void,
+        param: *const std::ffi::c_void,
+        index: usize,
+    ) -> i32;
+    fn dml_set_grad(param: *const std::ffi::c_void, grad: *const std::ffi::c_void) -> i32;
+    fn dml_grad_last_error() -> *const std::ffi::c_char;
+}
+
+/// The callback of [`GradReadyHooks`].
+type ReadyFn = Box<dyn Fn(usize) + Send + Sync>;
+
+/// torch post-accumulate-grad hooks that call one function with a parameter's index
+/// each time a backward has accumulated that parameter's gradient into its `.grad` (on
+/// the thread running the backward: the caller's on the CPU, an autograd worker's on
+/// CUDA). Dropping the value disarms every hook it registered (a hook already running
+/// finishes first); the hooks stay on the tensors and do nothing afterwards. A tensor
+/// has one such hook: [`GradReadyHooks::watch`] replaces an earlier one.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = seen.clone();
+/// let hooks = dml::sys::GradReadyHooks::new(move |i| log.lock().unwrap().push(i));
+/// let (a, b) = (tch::Tensor::ones([2], tch::kind::FLOAT_CPU).set_requires_grad(true),
+///               tch::Tensor::ones([2], tch::kind::FLOAT_CPU).set_requires_grad(true));
+/// hooks.watch(&a, 7).unwrap();
+/// hooks.watch(&b, 9).unwrap();
+/// (&a * 2 + &b).sum(tch::Kind::Float).backward();
+/// let mut got = seen.lock().unwrap().clone();
+/// got.sort();
+/// assert_eq!(got, vec![7, 9]);
+/// drop(hooks);
+/// (&a * 2).sum(tch::Kind::Float).backward(); // disarmed: nothing reported
+/// assert_eq!(seen.lock().unwrap().len(), 2);
+/// ```
+pub struct GradReadyHooks {
+    holder: *mut std::ffi::c_void,
+    ctx: *mut ReadyFn,
+}
+
+extern "C" fn grad_ready_trampoline(ctx: *mut std::ffi::c_void, index: usize) {
+    // SAFETY: `ctx` is the `ReadyFn` box of a live `GradReadyHooks` (the shim stops
+    // calling before `Drop` frees it).
+    let f = unsafe { &*ctx.cast::<ReadyFn>() };
+    // A panic must not unwind into libtorch's C++ frames.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index)));
+}
+
+impl GradReadyHooks {
+    /// Hooks that call `on_ready(index)`.
+    pub fn new(on_ready: impl Fn(usize) + Send + Sync + 'static) -> GradReadyHooks {
+        let ctx = Box::into_raw(Box::new(Box::new(on_ready) as ReadyFn));
+        // SAFETY: the shim stores the callback and context; both outlive the token,
+        // which `Drop` frees (disarming it) before freeing `ctx`.
+        let holder = unsafe { dml_grad_token_new(grad_ready_trampoline, ctx.cast()) };
+        GradReadyHooks { holder, ctx }
+    }
+
+    /// Reports `index` after each accumulation into `param.grad`. `param` must be a leaf
+    /// that requires grad.
+    pub fn watch(&self, param: &tch::Tensor, index: usize) -> Result<(), String> {
+        // SAFETY: `holder` is live; `param` points to a live at::Tensor for the call.
+        let rc = unsafe { dml_grad_hook(self.holder, param.as_ptr().cast(), index) };
+        grad_result(rc, "registering a gradient hook")
+    }
+}
+
+impl Drop for GradReadyHooks {
+    fn drop(&mut self) {
+        // SAFETY: `holder` came from dml_grad_token_new and is freed once, here; after
+        // it returns no hook calls the callback, so `ctx` can be freed.
+        unsafe {
+            dml_grad_token_free(self.holder);
+            drop(Box::from_raw(self.ctx));
+        }
+    }
+}
+
+/// Makes `grad` the gradient of `param` (`param.grad = grad`, same shape, kind and
+/// device, or libtorch's error): backward then accumulates into `grad`'s memory in
+/// place, e.g. into a view of a flat all-reduce bucket.
+///
+/// ```
+/// let p = tch::Tensor::zeros([3], tch::kind::FLOAT_CPU).set_requires_grad(true);
+/// let bucket = tch::Tensor::zeros([5], tch::kind::FLOAT_CPU);
+/// dml::sys::set_grad(&p, &bucket.narrow(0, 1, 3)).unwrap();
+/// (&p * 2).sum(tch::Kind::Float).backward();
+/// assert_eq!(Vec::<f32>::try_from(&bucket).unwrap(), vec![0.0, 2.0, 2.0, 2.0, 0.0]);
+/// ```
+pub fn set_grad(param: &tch::Tensor, grad: &tch::Tensor) -> Result<(), String> {
+    // SAFETY: both point to live at::Tensor objects for the duration of the call.
+    let rc = unsafe { dml_set_grad(param.as_ptr().cast(), grad.as_ptr().cast()) };
+    grad_result(rc, "setting a gradient")
+}
+
+fn grad_result(rc: i32, what: &str) -> Result<(), String> {
+    if rc == 0 {
+        return Ok(());
+    }
+    // SAFETY: a NUL-terminated thread-local string, copied out at once.
+    let msg = unsafe { std::ffi::CStr::from_ptr(dml_grad_last_error()) };
+    Err(format!("{what}: {}", msg.to_string_lossy()))
+}
+
+/// An MPI communicator that may be moved to, and used from, another thread: the
+/// gradient reducer's communication thread owns one (a duplicate of the world).
+///
+/// Only [`SendComm::new`] makes one, and only when MPI was initialised with at least
+/// `MPI_THREAD_SERIALIZED`; the owner must still never call MPI at the same time as
+/// another thread (dml's reducer hands the communication to its thread for the
+/// backward, during which the main thread makes no MPI call, and waits for it after).
+pub struct SendComm(mpi::topology::SimpleCommunicator);
+
+// SAFETY: an MPI communicator handle is an opaque value valid on every thread of the
+// process once MPI provides MPI_THREAD_SERIALIZED or more (checked in `new`); calls are
+// serialised by the owner (see the type's docs).
+unsafe impl Send for SendComm {}
+
+impl SendComm {
+    /// `comm` as a [`SendComm`], if `provided` (the threading level MPI granted) allows
+    /// calls from more than the main thread; `None` otherwise.
+    pub fn new(
+        comm: mpi::topology::SimpleCommunicator,
+        provided: mpi::Threading,
+    ) -> Option<SendComm> {
+        matches!(
+            provided,
+            mpi::Threading::Serialized | mpi::Threading::Multiple
+        )
+        .then_some(SendComm(comm))
+    }
+
+    /// The communicator.
+    pub fn comm(&self) -> &mpi::topology::SimpleCommunicator {
+        &self.0
+    }
 }
 
 /// The elements of `t` as a slice when `t` is a defined, contiguous CPU tensor of kind

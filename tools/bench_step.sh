@@ -3,7 +3,8 @@
 # (tools/bench_step.py), on the same generated data, on one rank (2 threads) and on two
 # ranks sharing the same cores (1 thread each), same global batch (8 x 8).
 #
-#   bash tools/bench_step.sh            # REPS=3 STEPS=150 WARMUP=50
+#   bash tools/bench_step.sh            # REPS=3 STEPS=150 WARMUP=50 WORLDS="1 2"
+#   DML_SETS="dist.overlap=false" WORLDS=2 PEER=0 bash tools/bench_step.sh   # dml only, W = 2
 #
 # For each rep and world size it prints one line per trainer with the marginal wall time
 # per step (between the end of step WARMUP and the last step; dml: metrics.jsonl's
@@ -17,6 +18,11 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
 STEPS=${STEPS:-150}
 WARMUP=${WARMUP:-50}
+WORLDS=${WORLDS:-1 2}
+PEER=${PEER:-1}            # 0: dml only
+read -r -a EXTRA <<<"${DML_SETS:-}"
+SETS=()
+for s in "${EXTRA[@]}"; do SETS+=(--set "$s"); done
 CORES=${CORES:-$(nproc)}
 PY=.venv/bin/python
 DML=${DML:-target/release/dml}
@@ -29,10 +35,10 @@ $DML synth --out "$WORK/data" --classes 100 --per-class 40 --size 32 --seed 0 >/
 dml_step() { # W -> JSON line
   local w=$1 threads=$((CORES / $1))
   rm -rf "$WORK/run"
-  mpirun --oversubscribe --bind-to none -np "$w" $DML train \
+  mpirun --oversubscribe --bind-to none -np "$w" ${MPI_X:-} $DML train \
     --config tools/bench_step.toml --out "$WORK/run" \
     --set data.train="$WORK/data/train.dmlds" --set data.test="$WORK/data/test.dmlds" \
-    --set train.steps="$STEPS" >/dev/null 2>"$WORK/dml.err" || { tail -20 "$WORK/dml.err"; exit 1; }
+    --set train.steps="$STEPS" "${SETS[@]}" >/dev/null 2>"$WORK/dml.err" || { tail -20 "$WORK/dml.err"; exit 1; }
   threads=$(grep -o "[0-9]* intra-op" "$WORK/dml.err" | head -1 | cut -d" " -f1)
   $PY - "$WORK/run/metrics.jsonl" "$w" "$threads" "$WARMUP" <<'PY'
 import json, statistics, sys
@@ -58,9 +64,9 @@ torch_step() { # W -> JSON line
 
 OUT="$WORK/lines.jsonl"
 for rep in $(seq "$REPS"); do
-  for w in 1 2; do
+  for w in $WORLDS; do
     dml_step "$w" | tee -a "$OUT"
-    torch_step "$w" | tee -a "$OUT"
+    [ "$PEER" = 0 ] || torch_step "$w" | tee -a "$OUT"
   done
 done
 $PY - "$OUT" <<'PY'
@@ -69,10 +75,18 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 med = {}
 for t in ("dml", "pytorch+pml"):
     for w in (1, 2):
-        med[t, w] = statistics.median(r["step_s"] for r in rows if r["trainer"] == t and r["world"] == w)
-        print(f"median {t:12s} W={w}: {med[t, w]:.4f} s/step")
+        got = [r for r in rows if r["trainer"] == t and r["world"] == w]
+        if got:
+            med[t, w] = statistics.median(r["step_s"] for r in got)
+            extra = ""
+            if t == "dml":
+                m = lambda k: statistics.median(r[k] for r in got)
+                extra = f"  (step_s {m('fb_s'):.4f}, comm_s {m('comm_s'):.4f}, comm_wait_s {m('comm_wait_s'):.4f})"
+            print(f"median {t:12s} W={w}: {med[t, w]:.4f} s/step{extra}")
 for w in (1, 2):
-    print(f"dml / pytorch+pml at W={w}: {med['dml', w] / med['pytorch+pml', w]:.3f}")
+    if ("dml", w) in med and ("pytorch+pml", w) in med:
+        print(f"dml / pytorch+pml at W={w}: {med['dml', w] / med['pytorch+pml', w]:.3f}")
 for t in ("dml", "pytorch+pml"):
-    print(f"{t}: W=2 speed / W=1 speed: {med[t, 1] / med[t, 2]:.3f}")
+    if (t, 1) in med and (t, 2) in med:
+        print(f"{t}: W=2 speed / W=1 speed: {med[t, 1] / med[t, 2]:.3f}")
 PY

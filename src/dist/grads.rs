@@ -128,7 +128,7 @@ pub(crate) fn plan(
 }
 
 /// Checks that the same parameters have a gradient, of the same size, on every rank.
-fn check_same_grads(comm: &dyn Comm, grads: &[Option<Tensor>]) -> Result<()> {
+pub(super) fn check_same_grads(comm: &dyn Comm, grads: &[Option<Tensor>]) -> Result<()> {
     let mine: Vec<u8> = grads
         .iter()
         .flat_map(|g| match g {

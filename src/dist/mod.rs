@@ -18,8 +18,17 @@ pub mod local;
 pub mod mpi;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+mod reducer;
 
 pub use grads::{all_reduce_grads, average_grads};
+pub use reducer::GradReducer;
+
+/// A communicator handle a communication thread owns ([`Comm::grad_channel`]).
+pub trait GradChannel: Send {
+    /// Replaces the CPU f32/f64 tensor `t` by its element-wise sum over all ranks, with
+    /// the same agreement check as [`Comm::all_reduce_sum`].
+    fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()>;
+}
 
 /// A communicator: this process is rank [`Comm::rank`] of [`Comm::world`] processes.
 ///
@@ -38,6 +47,13 @@ pub trait Comm {
     fn local_world(&self) -> usize;
     /// The backend's name: `"local"`, `"mpi"` or `"nccl"`.
     fn name(&self) -> &'static str;
+    /// A second, thread-owned handle for the gradient all-reduce overlapped with the
+    /// backward ([`GradReducer`]); a collective (every rank calls it together, and every
+    /// rank gets one or none). `None` (the default) where the backend has none: the
+    /// reducer then reduces its buckets on the calling thread after the backward.
+    fn grad_channel(&self) -> Result<Option<Box<dyn GradChannel>>> {
+        Ok(None)
+    }
     /// Concatenates every rank's `local` along dim 0 in rank order. Supports f32, f64,
     /// i64 and u8 tensors of equal shape on every rank.
     fn all_gather(&self, local: &Tensor) -> Result<Tensor>;

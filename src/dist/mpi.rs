@@ -29,6 +29,8 @@ pub struct Mpi {
     /// every gradient bucket).
     scratch_f32: RefCell<Vec<f32>>,
     scratch_f64: RefCell<Vec<f64>>,
+    /// The thread support MPI granted.
+    threading: Threading,
     // Dropped last: finalises MPI after the communicators above are freed.
     _universe: Universe,
 }
@@ -43,7 +45,16 @@ impl Mpi {
     /// # Ok::<(), dml::Error>(())
     /// ```
     pub fn init() -> Result<Self> {
-        let (universe, _threading) = mpi::initialize_with_threading(Threading::Funneled)
+        // A rank waiting in a collective yields its core instead of spinning on it: the
+        // core is then free for this rank's compute while its communication thread waits
+        // for a bucket (BENCHMARKS.md "The step"). Open MPI reads it at initialisation;
+        // a value set by the user wins, other MPIs ignore it.
+        if std::env::var_os("OMPI_MCA_mpi_yield_when_idle").is_none() {
+            std::env::set_var("OMPI_MCA_mpi_yield_when_idle", "1");
+        }
+        // Serialized: the gradient reducer's communication thread makes MPI calls while
+        // the main thread makes none (dist::reducer); Open MPI grants it.
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
             .ok_or_else(|| {
                 Error::Dist(
                     "MPI was already initialised in this process: dist::init must be called \
@@ -64,6 +75,7 @@ impl Mpi {
             local_world,
             scratch_f32: RefCell::default(),
             scratch_f64: RefCell::default(),
+            threading,
             _universe: universe,
         })
     }
@@ -71,16 +83,26 @@ impl Mpi {
     /// Exchanges headers and checks that every rank is in the same collective with a
     /// compatible tensor: the error (if any) is the same on every rank.
     fn agree(&self, op: Op, t: Option<&Tensor>, arg: i64) -> Result<()> {
-        let all = self.exchange_headers(&header::encode(op, t, arg));
-        header::check(op, &all, true)
+        agree(&self.world, op, t, arg)
     }
 
     /// Every rank's header, in rank order (an MPI all-gather): the agreement step that
     /// the nccl backend reuses before its own collectives.
+    #[cfg_attr(not(feature = "nccl"), allow(dead_code))]
     pub(super) fn exchange_headers(&self, mine: &[i64; header::LEN]) -> Vec<i64> {
-        let mut all = vec![0i64; header::LEN * self.size];
-        self.world.all_gather_into(&mine[..], &mut all[..]);
-        all
+        exchange_headers(&self.world, mine)
+    }
+
+    /// A duplicate of the world communicator for the gradient reducer's communication
+    /// thread (a collective: every rank calls it together), or `None` when MPI did not
+    /// grant `MPI_THREAD_SERIALIZED`.
+    fn duplicate_for_thread(&self) -> Option<MpiGradChannel> {
+        let dup = self.world.duplicate();
+        crate::sys::SendComm::new(dup, self.threading).map(|comm| MpiGradChannel {
+            comm,
+            scratch_f32: Vec::new(),
+            scratch_f64: Vec::new(),
+        })
     }
 
     fn gather_typed<T: Element + Equivalence + Default + Clone>(
@@ -114,31 +136,6 @@ impl Mpi {
         Ok(Tensor::f_from_slice(&all)?.f_view(&size[..])?)
     }
 
-    fn reduce_typed<T: Element + Equivalence + Default + Clone>(
-        &self,
-        t: &mut Tensor,
-        scratch: &mut Vec<T>,
-    ) -> Result<()> {
-        let sum = mpi::collective::SystemOperation::sum();
-        if let Some(data) = crate::sys::cpu_data_mut::<T>(t) {
-            // In place on the tensor's memory: one copy into the scratch as the send buffer.
-            for chunk in data.chunks_mut(CHUNK) {
-                scratch.clear();
-                scratch.extend_from_slice(chunk);
-                self.world.all_reduce_into(&scratch[..], chunk, sum);
-            }
-            return Ok(());
-        }
-        let mine = host_vec::<T>(t)?;
-        let mut out = vec![T::default(); mine.len()];
-        for start in (0..mine.len()).step_by(CHUNK) {
-            let end = (start + CHUNK).min(mine.len());
-            self.world
-                .all_reduce_into(&mine[start..end], &mut out[start..end], sum);
-        }
-        write_back(t, &out)
-    }
-
     fn broadcast_typed<T: Element + Equivalence + Default + Clone>(
         &self,
         t: &mut Tensor,
@@ -159,6 +156,67 @@ impl Mpi {
     }
 }
 
+/// Every rank's header on `world`, in rank order (an MPI all-gather).
+fn exchange_headers(world: &SimpleCommunicator, mine: &[i64; header::LEN]) -> Vec<i64> {
+    let mut all = vec![0i64; header::LEN * world.size() as usize];
+    world.all_gather_into(&mine[..], &mut all[..]);
+    all
+}
+
+/// Checks that every rank of `world` is in the same collective with a compatible tensor:
+/// the error (if any) is the same on every rank.
+fn agree(world: &SimpleCommunicator, op: Op, t: Option<&Tensor>, arg: i64) -> Result<()> {
+    let all = exchange_headers(world, &header::encode(op, t, arg));
+    header::check(op, &all, true)
+}
+
+/// Sums `t` over `world`'s ranks: in place on a contiguous CPU tensor's memory (its
+/// elements copied into `scratch` as the send buffer), else through host copies.
+fn reduce_typed<T: Element + Equivalence + Default + Clone>(
+    world: &SimpleCommunicator,
+    t: &mut Tensor,
+    scratch: &mut Vec<T>,
+) -> Result<()> {
+    let sum = mpi::collective::SystemOperation::sum();
+    if let Some(data) = crate::sys::cpu_data_mut::<T>(t) {
+        for chunk in data.chunks_mut(CHUNK) {
+            scratch.clear();
+            scratch.extend_from_slice(chunk);
+            world.all_reduce_into(&scratch[..], chunk, sum);
+        }
+        return Ok(());
+    }
+    let mine = host_vec::<T>(t)?;
+    let mut out = vec![T::default(); mine.len()];
+    for start in (0..mine.len()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(mine.len());
+        world.all_reduce_into(&mine[start..end], &mut out[start..end], sum);
+    }
+    write_back(t, &out)
+}
+
+/// A duplicate of the world communicator, owned by the gradient reducer's communication
+/// thread ([`Mpi::grad_channel`]).
+pub struct MpiGradChannel {
+    comm: crate::sys::SendComm,
+    scratch_f32: Vec<f32>,
+    scratch_f64: Vec<f64>,
+}
+
+impl super::GradChannel for MpiGradChannel {
+    fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
+        let world = self.comm.comm();
+        agree(world, Op::AllReduceSum, Some(t), 0)?;
+        match t.kind() {
+            Kind::Float => reduce_typed::<f32>(world, t, &mut self.scratch_f32),
+            Kind::Double => reduce_typed::<f64>(world, t, &mut self.scratch_f64),
+            k => Err(Error::Dist(format!(
+                "gradient all-reduce: unsupported kind {k:?}"
+            ))),
+        }
+    }
+}
+
 /// `t`'s elements, row-major, in a new vector.
 fn host_vec<T: Element + Default + Clone>(t: &Tensor) -> Result<Vec<T>> {
     let mut v = vec![T::default(); t.numel()];
@@ -175,6 +233,17 @@ fn write_back<T: Element>(t: &mut Tensor, data: &[T]) -> Result<()> {
 }
 
 impl Comm for Mpi {
+    /// A duplicate of the world for a communication thread, if every rank has one
+    /// (MPI granted `MPI_THREAD_SERIALIZED` everywhere; agreed by an all-reduce).
+    fn grad_channel(&self) -> Result<Option<Box<dyn super::GradChannel>>> {
+        let channel = self.duplicate_for_thread();
+        let mut have = Tensor::from_slice(&[i64::from(channel.is_some())]);
+        self.all_reduce_sum(&mut have)?;
+        let everywhere = have.f_int64_value(&[0])? == self.size as i64;
+        Ok(channel
+            .filter(|_| everywhere)
+            .map(|c| Box::new(c) as Box<dyn super::GradChannel>))
+    }
     fn rank(&self) -> usize {
         self.rank
     }
@@ -203,10 +272,10 @@ impl Comm for Mpi {
     fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
         self.agree(Op::AllReduceSum, Some(t), 0)?;
         match t.kind() {
-            Kind::Float => self.reduce_typed::<f32>(t, &mut self.scratch_f32.borrow_mut()),
-            Kind::Double => self.reduce_typed::<f64>(t, &mut self.scratch_f64.borrow_mut()),
-            Kind::Int64 => self.reduce_typed::<i64>(t, &mut Vec::new()),
-            Kind::Uint8 => self.reduce_typed::<u8>(t, &mut Vec::new()),
+            Kind::Float => reduce_typed::<f32>(&self.world, t, &mut self.scratch_f32.borrow_mut()),
+            Kind::Double => reduce_typed::<f64>(&self.world, t, &mut self.scratch_f64.borrow_mut()),
+            Kind::Int64 => reduce_typed::<i64>(&self.world, t, &mut Vec::new()),
+            Kind::Uint8 => reduce_typed::<u8>(&self.world, t, &mut Vec::new()),
             k => Err(Error::Dist(format!(
                 "all_reduce_sum: unsupported kind {k:?}"
             ))),

@@ -139,14 +139,21 @@ impl Adam {
         })
     }
 
-    /// Zeroes every parameter's gradient in place (tch cannot unset a gradient, so a
-    /// parameter that once had one keeps being stepped, with a zero gradient).
+    /// Zeroes every parameter's gradient in place, as `Optimizer.zero_grad(set_to_none=
+    /// False)` does for a gradient without history: the gradient tensor is kept (a view
+    /// into a gradient bucket stays one), so a parameter that once had a gradient keeps
+    /// being stepped, with a zero gradient.
     pub fn zero_grad(&mut self) {
-        for group in &mut self.groups {
-            for (_, p) in &mut group.params {
-                p.zero_grad();
+        tch::no_grad(|| {
+            for group in &self.groups {
+                for (_, p) in &group.params {
+                    let mut g = p.grad();
+                    if g.defined() {
+                        let _ = g.f_zero_();
+                    }
+                }
             }
-        }
+        });
     }
 
     /// Deep copies of the state: for each parameter `NAME`, `NAME.step` (int64, one

@@ -205,8 +205,9 @@ fn broadcast_model(model: &Model, comm: &dyn Comm) -> Result<()> {
     Ok(())
 }
 
-/// What every training step of a run shares; decides autocast once (see [`use_autocast`]).
-fn step_env<'a>(
+/// What every training step of a run shares (bucket size, overlap, the gradient reducer);
+/// decides autocast once (see [`use_autocast`]).
+pub fn step_env<'a>(
     cfg: &Config,
     model: &'a Model,
     objective: &'a Objective,
@@ -219,6 +220,8 @@ fn step_env<'a>(
         comm,
         teacher,
         bucket_bytes: bucket_bytes(cfg, model.device()),
+        overlap: cfg.dist.overlap,
+        reducer: std::cell::RefCell::new(None),
         autocast: use_autocast(cfg, model),
     }
 }
