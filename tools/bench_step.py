@@ -3,7 +3,8 @@
 
 ResNet-18 (torchvision, from scratch) with a 512→D linear embedding and L2
 normalisation, PML's Multi-Similarity loss and miner (dml's defaults: α 2, β 40,
-base 0.5, ε 0.1), torch.optim.Adam at lr 1e-3 (CPU default: the single-tensor path),
+base 0.5, ε 0.1), torch.optim.Adam at lr 1e-3 (CPU default: the single-tensor path;
+`--adam fused` for fused=True, the kernel dml calls),
 N classes × K images per step drawn from a dml `.dmlds` file (the same file dml reads),
 no augmentation besides a horizontal flip (which dml always applies). Under
 `mpirun -np W` it runs DistributedDataParallel over gloo, each rank on its slice of the
@@ -63,6 +64,8 @@ def main():
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--adam", choices=["default", "fused"], default="default",
+                    help="torch.optim.Adam's CPU default (single-tensor) or fused=True")
     args = ap.parse_args()
 
     world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
@@ -93,7 +96,7 @@ def main():
     if world > 1:
         loss_fn = pml_dist.DistributedLossWrapper(loss_fn)
         miner = pml_dist.DistributedMinerWrapper(miner)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=(args.adam == "fused") or None)
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     rng = np.random.default_rng(args.seed)  # the same draws on every rank
@@ -121,7 +124,7 @@ def main():
     step_s = (ends[-1] - ends[args.warmup - 1]) / (args.steps - args.warmup)
     if rank == 0:
         print(json.dumps({"world": world, "threads": threads, "steps": args.steps,
-                          "step_s": step_s}))
+                          "adam": args.adam, "step_s": step_s}))
     if world > 1:
         torch.distributed.destroy_process_group()
 

@@ -20,6 +20,7 @@ STEPS=${STEPS:-150}
 WARMUP=${WARMUP:-50}
 WORLDS=${WORLDS:-1 2}
 PEER=${PEER:-1}            # 0: dml only
+PEER_ADAM=${PEER_ADAM:-default}  # or fused: torch.optim.Adam(fused=True) in the peer
 read -r -a EXTRA <<<"${DML_SETS:-}"
 SETS=()
 for s in "${EXTRA[@]}"; do SETS+=(--set "$s"); done
@@ -58,7 +59,7 @@ PY
 torch_step() { # W -> JSON line
   local w=$1 threads=$((CORES / $1))
   mpirun --oversubscribe --bind-to none -np "$w" -x OMP_NUM_THREADS="$threads" -x MASTER_PORT=$((29500 + RANDOM % 400)) \
-    $PY tools/bench_step.py --data "$WORK/data/train.dmlds" --steps "$STEPS" --warmup "$WARMUP" 2>"$WORK/py.err" \
+    $PY tools/bench_step.py --data "$WORK/data/train.dmlds" --steps "$STEPS" --warmup "$WARMUP" --adam "$PEER_ADAM" 2>"$WORK/py.err" \
     | sed 's/^{/{"trainer": "pytorch+pml", /' || { tail -20 "$WORK/py.err"; exit 1; }
 }
 

@@ -65,8 +65,11 @@ impl Swa {
                 if self.n == 0 {
                     avg.f_copy_(&p)?;
                 } else {
+                    // torch's CPU `get_swa_avg_fn`, avg + (p − avg) / (n + 1), with one
+                    // temporary: the difference, divided in place.
                     let n1 = Tensor::from(self.n as i64 + 1).f_to_device(avg.device())?;
-                    let step = p.f_sub(avg)?.f_div(&n1)?;
+                    let mut step = p.f_sub(avg)?;
+                    let _ = step.f_div_(&n1)?;
                     let _ = avg.f_add_(&step)?;
                 }
             }
