@@ -127,6 +127,7 @@ fn main() -> dml::Result<()> {
             seed: run,
             rank: 0,
             world: 1,
+            prepare: None,
         };
         let (t, c, main) = (Instant::now(), process_cpu(), thread_cpu());
         let mut l = TrainLoader::new(ds.clone(), sampler, opts, 0, steps)?;

@@ -10,7 +10,7 @@ use dml::data::augment::{
     random_resized_crop_params, resize_center_crop, resized_crop, CropParams,
 };
 use dml::data::format::{Dataset, DatasetWriter, Metadata};
-use dml::data::loader::{Batch, EvalLoader, TrainLoader, TrainLoaderOptions};
+use dml::data::loader::{Batch, EvalLoader, Images, TrainLoader, TrainLoaderOptions};
 use dml::data::sampler::Sampler;
 use dml::rng::SplitMix64;
 
@@ -62,6 +62,7 @@ fn options(workers: usize, prefetch: usize, rank: usize, world: usize) -> TrainL
         seed: 77,
         rank,
         world,
+        prepare: None,
     }
 }
 
@@ -177,6 +178,7 @@ fn to_tensor_on_cpu_equals_torch_ops_bit_for_bit() {
         labels: vec![0; b],
         indices: vec![0; b],
         size: s,
+        images: None,
     };
     for kind in [tch::Kind::Float, tch::Kind::Double] {
         let x = tch::Tensor::from_slice(&pixels)
@@ -197,6 +199,60 @@ fn to_tensor_on_cpu_equals_torch_ops_bit_for_bit() {
     }
 }
 
+/// With `prepare`, the workers normalise each batch (bit for bit `to_tensor` of its
+/// pixels, which then hands out that tensor without a copy) and write later batches into
+/// buffers handed back with `recycle`: a buffer recycled before the first batch is
+/// received (and kept alive here, so no allocation can reuse its address) holds one of
+/// the first three batches (the third is built only after the first is received).
+#[test]
+fn prepared_images_equal_to_tensor_and_reuse_recycled_buffers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(dir.path());
+    for kind in [tch::Kind::Float, tch::Kind::Double] {
+        let mut opts = options(1, 1, 0, 1);
+        opts.prepare = Some(kind);
+        let sampler = Sampler::new(ds.labels(), 4, 2, 77).unwrap();
+        let mut l = TrainLoader::new(ds.clone(), sampler, opts, 0, 5).unwrap();
+        let mine = tch::Tensor::zeros([8, 3, 16, 16], (kind, tch::Device::Cpu));
+        l.recycle(Batch {
+            step: 0,
+            pixels: Vec::new(),
+            labels: Vec::new(),
+            indices: Vec::new(),
+            size: 16,
+            images: Some(Images(mine.shallow_clone())),
+        });
+        let mut reused_at = None;
+        for step in 0..5 {
+            let b = l.try_next().unwrap().unwrap();
+            let images = b
+                .images
+                .as_ref()
+                .expect("prepared images")
+                .0
+                .shallow_clone();
+            let plain = Batch {
+                images: None,
+                ..b.clone()
+            };
+            let want = plain.to_tensor(tch::Device::Cpu, kind);
+            assert!(
+                images.equal(&want),
+                "{kind:?} step {step}: differs from to_tensor"
+            );
+            let handed = b.to_tensor(tch::Device::Cpu, kind);
+            assert_eq!(handed.data_ptr(), images.data_ptr(), "to_tensor copied");
+            if images.data_ptr() == mine.data_ptr() {
+                reused_at.get_or_insert(step);
+            }
+        }
+        assert!(
+            reused_at.is_some_and(|s| s <= 2),
+            "{kind:?}: the recycled buffer was not reused by batch 0, 1 or 2 ({reused_at:?})"
+        );
+    }
+}
+
 #[test]
 fn to_tensor_normalises_one_pixel() {
     // One 2×2 image; pixel (y=1, x=0) is (255, 0, 128).
@@ -208,6 +264,7 @@ fn to_tensor_normalises_one_pixel() {
         labels: vec![3],
         indices: vec![0],
         size: 2,
+        images: None,
     };
     let x = b.to_tensor(tch::Device::Cpu, tch::Kind::Float);
     assert_eq!(x.size(), [1, 3, 2, 2]);

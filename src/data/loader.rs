@@ -46,6 +46,27 @@ pub struct TrainLoaderOptions {
     pub rank: usize,
     /// Number of ranks.
     pub world: usize,
+    /// Also normalise each batch in the worker into a CPU tensor of this kind
+    /// ([`Batch::images`]), in buffers handed back with [`TrainLoader::recycle`]; `None`:
+    /// u8 pixels only (the consumer calls [`Batch::to_tensor`]).
+    pub prepare: Option<Kind>,
+}
+
+/// A batch's images normalised by the loader worker: `[B, 3, S, S]` on the CPU, what
+/// [`Batch::to_tensor`] would return. Cloning copies the tensor.
+#[derive(Debug)]
+pub struct Images(pub Tensor);
+
+impl Clone for Images {
+    fn clone(&self) -> Self {
+        Images(self.0.copy())
+    }
+}
+
+impl PartialEq for Images {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.size() == other.0.size() && self.0.kind() == other.0.kind() && self.0.equal(&other.0)
+    }
 }
 
 /// One batch of u8 images with their labels.
@@ -61,6 +82,9 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// S, the image side.
     pub size: usize,
+    /// The images already normalised by the worker, when the loader was asked to
+    /// ([`TrainLoaderOptions::prepare`]).
+    pub images: Option<Images>,
 }
 
 impl Batch {
@@ -91,24 +115,13 @@ impl Batch {
     /// ```
     pub fn to_tensor(&self, device: Device, kind: Kind) -> Tensor {
         let (b, s) = (self.len() as i64, self.size as i64);
-        let math = match kind {
-            Kind::Double => Kind::Double,
-            _ => Kind::Float,
-        };
+        let math = math_kind(kind);
         if device == Device::Cpu {
-            let hw = self.size * self.size;
-            let mut x = Tensor::empty([b, 3, s, s], (math, Device::Cpu));
-            if math == Kind::Double {
-                let out = crate::sys::cpu_data_mut::<f64>(&mut x);
-                normalize_into(&self.pixels, hw, IMAGENET_MEAN, IMAGENET_STD, out);
-            } else {
-                let out = crate::sys::cpu_data_mut::<f32>(&mut x);
-                let (mean, std) = (
-                    IMAGENET_MEAN.map(|v| v as f32),
-                    IMAGENET_STD.map(|v| v as f32),
-                );
-                normalize_into(&self.pixels, hw, mean, std, out);
+            if let Some(Images(x)) = self.images.as_ref().filter(|i| i.0.kind() == kind) {
+                return x.shallow_clone();
             }
+            let mut x = Tensor::empty([b, 3, s, s], (math, Device::Cpu));
+            self.normalize(&mut x);
             return if kind == math { x } else { x.to_kind(kind) };
         }
         let x = Tensor::from_slice(&self.pixels)
@@ -125,6 +138,47 @@ impl Batch {
             .to_device(device)
             .view([1, 3, 1, 1]);
         ((x / 255.0 - mean) / std).to_kind(kind).contiguous()
+    }
+}
+
+/// The kind normalisation computes in for a tensor of `kind` (float32 unless float64).
+fn math_kind(kind: Kind) -> Kind {
+    match kind {
+        Kind::Double => Kind::Double,
+        _ => Kind::Float,
+    }
+}
+
+impl Batch {
+    /// The batch normalised on the CPU as [`Batch::to_tensor`] would (bit for bit), in a
+    /// buffer from `buffers` when one of the right shape and kind is there.
+    fn prepare(&self, kind: Kind, buffers: Option<&Receiver<Tensor>>) -> Images {
+        let s = self.size as i64;
+        let shape = [self.len() as i64, 3, s, s];
+        let math = math_kind(kind);
+        let mut x = buffers
+            .and_then(|r| r.try_recv().ok())
+            .filter(|t| t.size() == shape && t.kind() == math && t.is_contiguous())
+            .unwrap_or_else(|| Tensor::empty(shape, (math, Device::Cpu)));
+        self.normalize(&mut x);
+        Images(if kind == math { x } else { x.to_kind(kind) })
+    }
+
+    /// Writes the normalised pixels into `x`, a contiguous `[B, 3, S, S]` CPU tensor of
+    /// float32 or float64 (anything else is left as it is).
+    fn normalize(&self, x: &mut Tensor) {
+        let hw = self.size * self.size;
+        if x.kind() == Kind::Double {
+            let out = crate::sys::cpu_data_mut::<f64>(x);
+            normalize_into(&self.pixels, hw, IMAGENET_MEAN, IMAGENET_STD, out);
+        } else {
+            let out = crate::sys::cpu_data_mut::<f32>(x);
+            let (mean, std) = (
+                IMAGENET_MEAN.map(|v| v as f32),
+                IMAGENET_STD.map(|v| v as f32),
+            );
+            normalize_into(&self.pixels, hw, mean, std, out);
+        }
     }
 }
 
@@ -249,7 +303,7 @@ impl Drop for Pool {
 /// let ds = Arc::new(Dataset::open("train.dmlds".as_ref())?);
 /// let sampler = Sampler::new(ds.labels(), 8, 4, 0)?;
 /// let opts = TrainLoaderOptions { image_size: 224, crop_scale: [0.16, 1.0], crop_ratio: [0.75, 4.0 / 3.0],
-///     workers: 4, prefetch: 4, seed: 0, rank: 0, world: 1 };
+///     workers: 4, prefetch: 4, seed: 0, rank: 0, world: 1, prepare: None };
 /// let mut loader = TrainLoader::new(ds, sampler, opts, 0, 100)?;
 /// while let Some(batch) = loader.try_next()? {
 ///     let _x = batch.to_tensor(tch::Device::Cpu, tch::Kind::Float);
@@ -258,6 +312,8 @@ impl Drop for Pool {
 /// ```
 pub struct TrainLoader {
     pool: Pool,
+    /// Buffers of normalised images handed back for reuse (with `prepare`).
+    recycled: Option<Sender<Tensor>>,
 }
 
 impl TrainLoader {
@@ -278,15 +334,42 @@ impl TrainLoader {
         }
         let jobs = end_step.saturating_sub(start_step);
         let (workers, prefetch) = (opts.workers, opts.prefetch);
-        let make = move |job: u64| train_batch(&ds, &sampler, &opts, &slice, start_step + job);
+        // Room for every buffer in flight: the queued batches, one per worker being
+        // built, and the consumer's.
+        let (recycled, buffers) = match opts.prepare {
+            Some(_) => {
+                let (tx, rx) = bounded::<Tensor>(prefetch + workers + 2);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let make = move |job: u64| {
+            let mut batch = train_batch(&ds, &sampler, &opts, &slice, start_step + job)?;
+            if let Some(kind) = opts.prepare {
+                batch.images = Some(batch.prepare(kind, buffers.as_ref()));
+            }
+            Ok(batch)
+        };
         Ok(TrainLoader {
             pool: Pool::new(jobs, workers, prefetch, make),
+            recycled,
         })
     }
 
     /// The next step's batch, `None` after the last; a worker's failure is an error.
     pub fn try_next(&mut self) -> Result<Option<Batch>> {
         self.pool.try_next()
+    }
+
+    /// Hands `batch`'s normalised images back to the workers, which write a later batch
+    /// into the same memory (no allocation, no page faults). Call it only once nothing
+    /// holds the images any more (after the step's backward and optimiser update: the
+    /// autograd graph that saved them is gone). Without `prepare`, or when the workers
+    /// hold enough buffers, the images are simply dropped.
+    pub fn recycle(&self, batch: Batch) {
+        if let (Some(tx), Some(Images(t))) = (&self.recycled, batch.images) {
+            let _ = tx.try_send(t);
+        }
     }
 }
 
@@ -339,6 +422,7 @@ fn train_batch(
         indices,
         pixels,
         size: s,
+        images: None,
     })
 }
 
@@ -435,5 +519,6 @@ fn eval_batch(
         labels: indices.iter().map(|&i| labels[i] as i64).collect(),
         indices: indices.to_vec(),
         size,
+        images: None,
     })
 }

@@ -69,7 +69,9 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
     while next < total {
         let phase = schedule.phase(next, total, cfg, &model, comm)?;
         let slices = phase.slices;
-        let opts = loader_options(cfg, comm);
+        let mut opts = loader_options(cfg, comm);
+        // On the CPU the workers also normalise each batch, into recycled buffers.
+        opts.prepare = (model.device() == tch::Device::Cpu).then_some(model.kind());
         let mut loader = TrainLoader::new(
             train.clone(),
             phase.plan,
@@ -82,6 +84,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
             let lr = learning_rate(&cfg.lr, cfg.optim.lr, step - 1);
             let slice = dnc::slice_of_step(&cfg.dnc, step - 1, slices);
             let out = step::train_step(&env, &mut lp.optim, &batch, lr, step, slice)?;
+            loader.recycle(batch);
             let extra = lp.after_step(cfg, comm, run, &model, step, total, &out)?;
             log.step(step, out.loss, lr, cfg.global_batch(), extra)?;
             let state = LoopState {
@@ -399,6 +402,7 @@ pub fn loader_options(cfg: &Config, comm: &dyn Comm) -> TrainLoaderOptions {
         seed: cfg.train.seed,
         rank: comm.rank(),
         world: comm.world(),
+        prepare: None,
     }
 }
 
