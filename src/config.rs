@@ -435,6 +435,10 @@ pub struct TrainConfig {
     /// the cores this rank may run on (its CPU binding, or the node's cores divided by
     /// the ranks on the node when unbound; see `device::choose_threads`).
     pub threads: usize,
+    /// Rank 0 prints a plain progress line every this many steps (and at the last step),
+    /// also when stderr is not a terminal (mpirun, Slurm); 0 never. Validation results
+    /// are printed whenever they are computed.
+    pub log_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -448,6 +452,7 @@ impl Default for TrainConfig {
             checkpoint_every: 50,
             keep_checkpoints: 3,
             threads: 0,
+            log_every: 50,
         }
     }
 }

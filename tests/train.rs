@@ -427,3 +427,43 @@ fn a_classifier_too_small_for_the_labels_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// Under mpirun (stderr a pipe, the progress bar hidden) rank 0 prints a plain line every
+/// `train.log_every` steps and at the last, and each validation's metrics.
+#[test]
+fn plain_progress_and_validation_lines_under_mpirun() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    synth(&d, 8, 6, 36);
+    let cfg = small_config(tmp.path(), &d, "log_every = 2");
+    let mut c = mpirun(2);
+    c.args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .args(["--set", "train.steps=5", "--set", "eval.every=4"])
+        .args(["--set", "sampler.classes_per_batch=2"]);
+    let out = ok(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let steps: Vec<&str> = err.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(steps.len(), 3, "steps 2, 4 and the last (5):\n{err}");
+    for (line, want) in steps
+        .iter()
+        .zip(["step 2/5  loss ", "step 4/5  loss ", "step 5/5  loss "])
+    {
+        assert!(
+            line.starts_with(want) && line.contains(" img/s") && line.contains("  eta 00:"),
+            "{line}"
+        );
+    }
+    let vals: Vec<&str> = err.lines().filter(|l| l.starts_with("val step ")).collect();
+    assert_eq!(vals.len(), 2, "validation at steps 4 and 5:\n{err}");
+    assert!(
+        vals[0].starts_with("val step 4  P@1 ")
+            && vals[0].contains("MAP@R")
+            && vals[0].ends_with("(best)"),
+        "{}",
+        vals[0]
+    );
+    assert!(vals[1].starts_with("val step 5  P@1 "), "{}", vals[1]);
+}

@@ -1,6 +1,7 @@
-//! Rank 0's side effects during training: `RUN/metrics.jsonl` and the progress bar.
+//! Rank 0's side effects during training: `RUN/metrics.jsonl`, the progress bar (on a
+//! terminal) and plain progress and validation lines (always, for mpirun and Slurm logs).
 use std::collections::VecDeque;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,6 +18,8 @@ pub struct RunLog {
     bar: Option<ProgressBar>,
     started: Instant,
     rate: Throughput,
+    total: usize,
+    log_every: usize,
 }
 
 /// Images per second over the last [`Throughput::WINDOW`] steps (fewer at the start):
@@ -50,7 +53,13 @@ impl Throughput {
 impl RunLog {
     /// Opens the log of `run` for steps `start..total`. On resume, lines of steps after
     /// `start` (written after the last checkpoint of a crashed run) are dropped.
-    pub fn open(run: &Path, rank: usize, start: usize, total: usize) -> Result<RunLog> {
+    pub fn open(
+        run: &Path,
+        rank: usize,
+        start: usize,
+        total: usize,
+        log_every: usize,
+    ) -> Result<RunLog> {
         let path = run.join("metrics.jsonl");
         if rank != 0 {
             return Ok(RunLog {
@@ -59,6 +68,8 @@ impl RunLog {
                 bar: None,
                 started: Instant::now(),
                 rate: Throughput::default(),
+                total,
+                log_every,
             });
         }
         if path.exists() {
@@ -94,6 +105,8 @@ impl RunLog {
             bar: Some(bar),
             started: Instant::now(),
             rate: Throughput::default(),
+            total,
+            log_every,
         })
     }
 
@@ -126,13 +139,25 @@ impl RunLog {
             bar.set_message(format!("loss {loss:.4}  {ips:.0} img/s"));
             bar.set_position(step as u64);
         }
+        let due = self.log_every > 0 && (step % self.log_every == 0 || step == self.total);
+        if due {
+            let eta = self.total.saturating_sub(step) as f64 * batch as f64 / ips.max(1e-9);
+            self.println(&progress_line(&obj, self.total, eta));
+        }
+        if let Some(line) = validation_line(&obj) {
+            self.println(&line);
+        }
         Ok(())
     }
 
-    /// Prints a line above the progress bar (rank 0 only).
+    /// Prints a line on stderr (rank 0 only): above the progress bar on a terminal, as
+    /// a plain line otherwise (the bar is hidden there).
     pub fn println(&self, msg: &str) {
-        if let Some(bar) = &self.bar {
+        let Some(bar) = &self.bar else { return };
+        if std::io::stderr().is_terminal() && !bar.is_hidden() {
             bar.println(msg);
+        } else {
+            eprintln!("{msg}");
         }
     }
 
@@ -144,9 +169,90 @@ impl RunLog {
     }
 }
 
+/// `step 150/3000  loss 0.4132  lr 3.0e-04  412 img/s  active 1210  eta 00:21:30` from
+/// a metrics line (`active` only when the loss mines).
+fn progress_line(m: &Value, total: usize, eta_seconds: f64) -> String {
+    let num = |k: &str| m.get(k).and_then(Value::as_f64);
+    let mut line = format!(
+        "step {}/{total}  loss {:.4}  lr {:.1e}  {:.0} img/s",
+        m.get("step").and_then(Value::as_u64).unwrap_or(0),
+        num("loss").unwrap_or(f64::NAN),
+        num("lr").unwrap_or(f64::NAN),
+        num("images_per_s").unwrap_or(0.0),
+    );
+    if let Some(active) = m.get("active").and_then(Value::as_u64) {
+        line.push_str(&format!("  active {active}"));
+    }
+    let s = eta_seconds.max(0.0).round() as u64;
+    line.push_str(&format!(
+        "  eta {:02}:{:02}:{:02}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    ));
+    line
+}
+
+/// `val step 1000  P@1 0.6120  R-Precision 0.3310  MAP@R 0.2214  (best)` when the
+/// metrics line holds a validation; `None` otherwise.
+fn validation_line(m: &Value) -> Option<String> {
+    let obj = m.as_object()?;
+    let shown = [
+        ("val_precision_at_1", "P@1"),
+        ("val_r_precision", "R-Precision"),
+        ("val_mean_average_precision_at_r", "MAP@R"),
+    ];
+    let parts: Vec<String> = shown
+        .iter()
+        .filter_map(|(k, name)| obj.get(*k).map(|v| (name, v)))
+        .map(|(name, v)| match v.as_f64() {
+            Some(x) => format!("{name} {x:.4}"),
+            None => format!("{name} n/a"),
+        })
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let step = obj.get("step").and_then(Value::as_u64).unwrap_or(0);
+    let best = match obj.get("val_best").and_then(Value::as_bool) {
+        Some(true) => "  (best)",
+        _ => "",
+    };
+    Some(format!("val step {step}  {}{best}", parts.join("  ")))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Throughput;
+    use super::{progress_line, validation_line, Throughput};
+    use serde_json::json;
+
+    #[test]
+    fn plain_lines_say_progress_and_validation() {
+        let m = json!({"step": 150, "loss": 0.41316, "lr": 3e-4, "images_per_s": 411.6,
+                       "active": 1210, "elapsed_s": 20.0});
+        // 2850 steps left at 64 images / 411.6 img/s = 443.1 s.
+        assert_eq!(
+            progress_line(&m, 3000, 2850.0 * 64.0 / 411.6),
+            "step 150/3000  loss 0.4132  lr 3.0e-4  412 img/s  active 1210  eta 00:07:23"
+        );
+        assert_eq!(
+            progress_line(
+                &json!({"step": 5, "loss": 1.0, "lr": 0.1, "images_per_s": 2.0}),
+                5,
+                0.0
+            ),
+            "step 5/5  loss 1.0000  lr 1.0e-1  2 img/s  eta 00:00:00"
+        );
+        assert_eq!(validation_line(&m), None);
+        let v = json!({"step": 1000, "val_precision_at_1": 0.612, "val_r_precision": 0.331,
+                       "val_mean_average_precision_at_r": 0.22137, "val_NMI": 0.5, "val_best": true});
+        assert_eq!(
+            validation_line(&v).unwrap(),
+            "val step 1000  P@1 0.6120  R-Precision 0.3310  MAP@R 0.2214  (best)"
+        );
+        let v = json!({"step": 2000, "val_precision_at_1": null, "val_best": false});
+        assert_eq!(validation_line(&v).unwrap(), "val step 2000  P@1 n/a");
+    }
 
     #[test]
     fn throughput_is_the_rate_of_the_last_steps() {

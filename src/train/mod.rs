@@ -62,7 +62,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
         std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
         checkpoint::write_synced(&run.join("config.toml"), cfg.to_toml()?.as_bytes())?;
     }
-    let mut log = log::RunLog::open(run, comm.rank(), start, total)?;
+    let mut log = log::RunLog::open(run, comm.rank(), start, total, cfg.train.log_every)?;
     let mut schedule = dnc::Schedule::new(train.clone(), indices, sampler.clone(), dnc_state);
     let env = step_env(cfg, &model, &objective, comm, teacher.as_ref());
     let mut next = start;

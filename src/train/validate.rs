@@ -130,6 +130,7 @@ impl Validation {
         for (k, v) in &metrics.0 {
             obj.insert(format!("val_{k}"), json!(v));
         }
+        obj.insert("val_best".into(), json!(improved));
         Ok(serde_json::Value::Object(obj))
     }
 }
