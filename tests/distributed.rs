@@ -188,3 +188,82 @@ fn first_step_gradient_f32_agrees_between_one_and_two_ranks() {
         "first-step f32 gradient differs by {diff} (relative, per tensor max)"
     );
 }
+
+/// Preemption: SIGTERM to one rank (as Slurm sends at a time limit) stops both ranks after
+/// the same step with a checkpoint of it, exit status 75 and a message saying how to go on;
+/// the requeued command (`--resume-if-exists`, a fresh run on an empty directory) then
+/// ends where the uninterrupted run ends (f64, ≤ 1e-12).
+#[test]
+fn sigterm_on_one_rank_checkpoints_the_step_and_the_resumed_run_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = data(tmp.path());
+    let (steps, every) = ("train.steps=40", "train.checkpoint_every=0");
+    let cfg = small_config(tmp.path(), &d, "precision = \"f64\"");
+    // --resume-if-exists on an empty run directory: a fresh run.
+    let mut c = mpirun(2);
+    c.args(["train", "--resume-if-exists", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(tmp.path().join("straight"))
+        .args(["--set", steps, "--set", every]);
+    ok(c);
+    let run = tmp.path().join("stopped");
+    let mut c = mpirun(2);
+    c.args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run);
+    c.args(["--set", steps, "--set", every]);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    // Once step 2 is logged, signal one rank (a child of mpirun) directly.
+    let metrics = run.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ranks = std::process::Command::new("pgrep")
+        .args(["-P", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&ranks.stdout).to_string();
+    let pid = pids.lines().last().expect("a rank process");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("stopped by "))
+        .unwrap_or_else(|| panic!("no stop message:\n{err}"));
+    let step: usize = line
+        .split("after step ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((2..40).contains(&step), "{line}");
+    assert!(line.contains("dml train --resume"), "{line}");
+    let ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ckpts, vec![format!("step-{step}")]);
+    // The requeued job's command line: the same as the first, with --resume-if-exists.
+    let mut c = mpirun(2);
+    c.args(["train", "--resume-if-exists", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .args(["--set", steps, "--set", every]);
+    let out = ok(c);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trained 40 steps"));
+    let diff = model_diff(&tmp.path().join("straight"), &run);
+    assert!(diff <= 1e-12, "stopped and resumed run differs by {diff}");
+}

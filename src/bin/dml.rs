@@ -12,6 +12,7 @@ use dml::dist::{self, Comm};
 use dml::embed::{embed_dataset, EmbedOptions};
 use dml::eval::metrics::{evaluate, EvalOptions, Metrics};
 use dml::model::Model;
+use dml::train::RunEnd;
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +71,10 @@ enum Cmd {
         set: Vec<String>,
         #[arg(long, required_unless_present = "resume")]
         out: Option<PathBuf>,
+        /// With --config and --out: if the run directory already holds a checkpoint,
+        /// continue it as --resume would (for requeued cluster jobs).
+        #[arg(long, conflicts_with = "resume")]
+        resume_if_exists: bool,
     },
     /// Retrieval metrics of a run on a dataset file, or of saved embeddings.
     Eval {
@@ -209,12 +214,22 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             resume,
             set,
             out,
+            resume_if_exists,
         } => {
+            let resume = match (resume, &out) {
+                (None, Some(o))
+                    if resume_if_exists && !dml::train::checkpoint::list(o)?.is_empty() =>
+                {
+                    Some(o.clone())
+                }
+                (r, _) => r,
+            };
             let (cfg, run, resuming) = match (resume, config, out) {
                 (Some(run), _, _) => (Config::load(&run.join("config.toml"), &set)?, run, true),
                 (None, Some(c), Some(o)) => (Config::load(&c, &set)?, o, false),
                 _ => bail!("give --config FILE --out RUN, or --resume RUN"),
             };
+            let mut stopped = false;
             with_comm(cfg.dist.backend, |comm| {
                 let threads = dml::device::set_threads(cfg.train.threads, comm.local_world());
                 if comm.rank() == 0 {
@@ -234,15 +249,32 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                         run.display()
                     );
                 }
-                let steps = dml::train::run(&cfg, comm, &run, resuming)?;
-                if comm.rank() == 0 {
-                    eprintln!(
+                dml::sys::install_stop_handlers().map_err(anyhow::Error::msg)?;
+                match dml::train::run(&cfg, comm, &run, resuming)? {
+                    RunEnd::Finished(steps) if comm.rank() == 0 => eprintln!(
                         "trained {steps} steps; model in {}",
                         run.join("model.safetensors").display()
-                    );
+                    ),
+                    RunEnd::Stopped { step, signal } => {
+                        if comm.rank() == 0 {
+                            eprintln!(
+                                "stopped by {signal} after step {step}; checkpoint {}; \
+                                 continue with: dml train --resume {} (exit status {})",
+                                dml::train::checkpoint::dir_for(&run, step).display(),
+                                run.display(),
+                                dml::train::EXIT_STOPPED
+                            );
+                        }
+                        stopped = true;
+                    }
+                    RunEnd::Finished(_) => {}
                 }
                 Ok(())
-            })
+            })?;
+            if stopped {
+                std::process::exit(dml::train::EXIT_STOPPED);
+            }
+            Ok(())
         }
         Cmd::Eval {
             run,

@@ -27,7 +27,8 @@ use checkpoint::LoopState;
 use validate::Validation;
 
 /// Trains `cfg` into the run directory `run`; with `resume`, continues from its newest
-/// checkpoint. Returns the number of steps completed.
+/// checkpoint. SIGTERM or SIGUSR1 on any rank stops every rank after the current step
+/// with a checkpoint ([`RunEnd::Stopped`]; one tiny all-reduce per step agrees on it).
 ///
 /// ```no_run
 /// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
@@ -35,7 +36,25 @@ use validate::Validation;
 /// dml::train::run(&cfg, comm, "runs/quick".as_ref(), false)?;
 /// # Ok(()) }
 /// ```
-pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<usize> {
+/// How a [`run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// All steps trained; the number of steps.
+    Finished(usize),
+    /// A rank received SIGTERM or SIGUSR1: every rank stopped after `step`, whose
+    /// checkpoint is written; `dml train --resume RUN` continues from it.
+    Stopped {
+        /// The last step trained and checkpointed.
+        step: usize,
+        /// The signal, as seen by rank 0 (`"a signal on another rank"` if not its own).
+        signal: String,
+    },
+}
+
+/// The exit status of `dml train` stopped by a signal (EX_TEMPFAIL): requeue and resume.
+pub const EXIT_STOPPED: i32 = 75;
+
+pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<RunEnd> {
     let Setup {
         cfg,
         train,
@@ -92,7 +111,12 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
                 sampler: sampler.state(step as u64),
                 dnc: schedule.state.clone(),
             };
-            lp.checkpoint(cfg, comm, run, &model, &state, total)?;
+            lp.checkpoint(cfg, comm, run, &model, &state, total, false)?;
+            if let Some(signal) = stop_requested(comm)? {
+                lp.checkpoint(cfg, comm, run, &model, &state, total, true)?;
+                comm.barrier()?;
+                return Ok(RunEnd::Stopped { step, signal });
+            }
         }
         next = phase.end;
     }
@@ -107,7 +131,17 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<us
         model.save(&run.join("model.safetensors"))?;
     }
     comm.barrier()?;
-    Ok(total)
+    Ok(RunEnd::Finished(total))
+}
+
+/// Whether any rank received a stop signal (an all-reduce of one flag, so that every
+/// rank stops after the same step), with the signal's name as rank 0 saw it.
+fn stop_requested(comm: &dyn Comm) -> Result<Option<String>> {
+    let mine = crate::sys::stop_signal();
+    let mut flag = tch::Tensor::from_slice(&[i64::from(mine.is_some())]);
+    comm.all_reduce_sum(&mut flag)?;
+    Ok((flag.f_int64_value(&[0])? > 0)
+        .then(|| mine.unwrap_or("a signal on another rank").to_string()))
 }
 
 /// The state the loop carries from step to step besides the model.
@@ -174,7 +208,9 @@ impl Loop {
         Ok(extra)
     }
 
-    /// Rank 0 writes a checkpoint every `train.checkpoint_every` steps and at the end.
+    /// Rank 0 writes a checkpoint every `train.checkpoint_every` steps and at the end;
+    /// with `now`, at this step unless it was just written.
+    #[allow(clippy::too_many_arguments)]
     fn checkpoint(
         &self,
         cfg: &Config,
@@ -183,10 +219,11 @@ impl Loop {
         model: &Model,
         state: &LoopState,
         total: usize,
+        now: bool,
     ) -> Result<()> {
         let every = cfg.train.checkpoint_every;
         let due = (every > 0 && state.step % every == 0) || state.step == total;
-        if comm.rank() != 0 || !due {
+        if comm.rank() != 0 || due == now {
             return Ok(());
         }
         checkpoint::save(
