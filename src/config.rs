@@ -638,6 +638,39 @@ fn parse_value(value: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(value.to_string()))
 }
 
+/// The first key of `table` that does not deserialise on its own (a wrong type, an
+/// unknown key or section) and what is wrong with it: serde's message names the expected
+/// type but not where. `None` if every key is fine alone.
+fn locate_type_error(table: &toml::Table) -> Option<(String, String)> {
+    let alone = |section: &str, value: toml::Value| -> Option<String> {
+        let mut t = toml::Table::new();
+        t.insert(section.to_string(), value);
+        toml::Value::Table(t)
+            .try_into::<Config>()
+            .err()
+            .map(|e| e.message().trim().to_string())
+    };
+    for (section, value) in table {
+        match value {
+            toml::Value::Table(keys) => {
+                for (key, v) in keys {
+                    let mut one = toml::Table::new();
+                    one.insert(key.clone(), v.clone());
+                    if let Some(msg) = alone(section, toml::Value::Table(one)) {
+                        return Some((format!("{section}.{key}"), msg));
+                    }
+                }
+            }
+            other => {
+                if let Some(msg) = alone(section, other.clone()) {
+                    return Some((section.clone(), msg));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Applies one `section.key=value` override to a TOML table.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let (path, value) = assignment.split_once('=').ok_or_else(|| {
@@ -675,9 +708,14 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: Config = table
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(e.message().trim().to_string()))?;
+        let cfg: Config = table.clone().try_into().map_err(|e: toml::de::Error| {
+            let Some((key, msg)) = locate_type_error(&table) else {
+                return Error::Config(e.message().trim().to_string());
+            };
+            let from_set = overrides.iter().any(|o| o.starts_with(&format!("{key}=")));
+            let origin = if from_set { " (from --set)" } else { "" };
+            Error::Config(format!("{key}{origin}: {msg}"))
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -960,6 +998,32 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_type_error_names_the_key_its_origin_and_the_type() {
+        let set = ["sampler.classes_per_batch=\"eight\"".to_string()];
+        let e = Config::parse("[train]\nsteps = 3", &set)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config: sampler.classes_per_batch (from --set): invalid type: string \"eight\", expected usize"
+        );
+        let e = Config::parse("[train]\nsteps = \"many\"", &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config: train.steps: invalid type: string \"many\", expected usize"
+        );
+        let e = Config::parse("[tran]\nsteps = 3", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config: tran.steps: unknown field `tran`"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn unknown_key_lists_known_ones() {

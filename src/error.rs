@@ -5,12 +5,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O failure on a named file.
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file that failed.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (part of the message, not a separate cause, so that an
+        /// error chain prints it once).
+        error: std::io::Error,
     },
     /// A dataset file that is missing, truncated, foreign or inconsistent.
     #[error("dataset {path}: {msg}")]
@@ -42,7 +43,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
@@ -57,3 +58,23 @@ impl Error {
 
 /// `Result` with dml's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_is_printed_once_with_its_path() {
+        let e = Error::io(
+            "/no/such/file.toml",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert_eq!(e.to_string(), "/no/such/file.toml: entity not found");
+        // No separate cause: anyhow's `{:#}` does not print the OS error a second time.
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(e)),
+            "/no/such/file.toml: entity not found"
+        );
+    }
+}

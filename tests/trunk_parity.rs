@@ -37,7 +37,7 @@ const CASES: [(&str, i64, usize); 7] = [
 
 /// Exports every case once per test process, in one python process (importing torch
 /// costs seconds): the tool's `main` is called once per case with the CLI arguments
-/// `--arch A --perturb-bn --threads 1 --last-stride L --input-size S --out A.safetensors
+/// `--arch A --random --perturb-bn --threads 1 --last-stride L --input-size S --out A.safetensors
 /// --features A.features.safetensors`.
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -49,7 +49,7 @@ fn fixtures() -> &'static Path {
             let w = dir.join(format!("{arch}.safetensors"));
             let f = dir.join(format!("{arch}.features.safetensors"));
             calls += &format!(
-                "t.main(['--arch', '{arch}', '--perturb-bn', '--threads', '1', '--last-stride', '{ls}', \
+                "t.main(['--arch', '{arch}', '--random', '--perturb-bn', '--threads', '1', '--last-stride', '{ls}', \
                  '--input-size', '{size}', '--out', r'{}', '--features', r'{}'])\n",
                 w.display(),
                 f.display()

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Export a torchvision trunk's state_dict to safetensors with torchvision's names.
 
-    tools/torchvision_to_safetensors.py --arch resnet50 [--weights resnet50.pth] --out resnet50.safetensors
+    tools/torchvision_to_safetensors.py --arch resnet50 --weights resnet50.pth --out resnet50.safetensors
+    tools/torchvision_to_safetensors.py --arch resnet50 --random --out resnet50-random.safetensors
 
 Without --weights the model is torchvision's random initialisation after
 torch.manual_seed(SEED) (default 0). The classifier (fc, classifier, AuxLogits) and
@@ -78,7 +79,10 @@ def fix_legacy_densenet(sd):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", required=True, help="torchvision model name, e.g. resnet50")
-    ap.add_argument("--weights", help="a torchvision .pth state_dict (default: random init)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="a torchvision .pth state_dict (ImageNet weights)")
+    src.add_argument("--random", action="store_true",
+                     help="write torchvision's random initialisation instead (tests; not pretrained)")
     ap.add_argument("--out", required=True, help="output .safetensors")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--last-stride", type=int, default=2, choices=[1, 2])

@@ -90,11 +90,12 @@ pub fn load_pretrained(
     report.wrong_shape.sort();
     if strict && !report.is_clean() {
         return Err(Error::Config(format!(
-            "model.pretrained {} does not fit the trunk (strict): missing [{}]; unexpected [{}]; wrong shape [{}]",
+            "model.pretrained {} does not fit the trunk (strict): {}; {}; {} (was it converted \
+             for another model.trunk? model.pretrained_strict = false loads what fits)",
             path.display(),
-            report.missing.join(", "),
-            report.unexpected.join(", "),
-            report.wrong_shape.join(", ")
+            first_few("missing", &report.missing),
+            first_few("unexpected", &report.unexpected),
+            first_few("wrong shape", &report.wrong_shape)
         )));
     }
     tch::no_grad(|| -> Result<()> {
@@ -106,4 +107,29 @@ pub fn load_pretrained(
     })?;
     report.loaded = pairs.len();
     Ok(report)
+}
+
+/// `what N [a, b, c, …]`: the count and the first five names.
+fn first_few(what: &str, names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let more = if names.len() > SHOWN { ", …" } else { "" };
+    let shown: Vec<&str> = names.iter().take(SHOWN).map(String::as_str).collect();
+    format!("{what} {} [{}{more}]", names.len(), shown.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mismatches_show_counts_and_the_first_five_names() {
+        let names: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
+        assert_eq!(
+            super::first_few("missing", &names),
+            "missing 7 [k0, k1, k2, k3, k4, …]"
+        );
+        assert_eq!(
+            super::first_few("unexpected", &names[..2]),
+            "unexpected 2 [k0, k1]"
+        );
+        assert_eq!(super::first_few("wrong shape", &[]), "wrong shape 0 []");
+    }
 }
