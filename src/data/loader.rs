@@ -184,8 +184,8 @@ impl Batch {
 
 /// Writes `(v / 255 − mean[c]) / std[c]` of HWC u8 `pixels` (images of `hw` pixels)
 /// into `out` as planar `[B, 3, H, W]`, with torch's three roundings in `T` per value.
-/// `out` is a fresh contiguous CPU tensor's memory, so it is never `None` in practice;
-/// `None` writes nothing.
+/// `out` is the memory of a contiguous CPU tensor of kind `T` ([`Batch::prepare`] makes
+/// sure), so it is never `None` in practice; `None` writes nothing.
 fn normalize_into<T>(pixels: &[u8], hw: usize, mean: [T; 3], std: [T; 3], out: Option<&mut [T]>)
 where
     T: Copy + From<u8> + std::ops::Sub<Output = T> + std::ops::Div<Output = T>,

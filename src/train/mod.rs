@@ -26,16 +26,6 @@ use crate::optim::{learning_rate, Adam, ParamGroup, Swa};
 use checkpoint::LoopState;
 use validate::Validation;
 
-/// Trains `cfg` into the run directory `run`; with `resume`, continues from its newest
-/// checkpoint. SIGTERM or SIGUSR1 on any rank stops every rank after the current step
-/// with a checkpoint ([`RunEnd::Stopped`]; one tiny all-reduce per step agrees on it).
-///
-/// ```no_run
-/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
-/// let cfg = dml::config::Config::load("configs/quickstart.toml".as_ref(), &[])?;
-/// dml::train::run(&cfg, comm, "runs/quick".as_ref(), false)?;
-/// # Ok(()) }
-/// ```
 /// How a [`run`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {
@@ -54,6 +44,16 @@ pub enum RunEnd {
 /// The exit status of `dml train` stopped by a signal (EX_TEMPFAIL): requeue and resume.
 pub const EXIT_STOPPED: i32 = 75;
 
+/// Trains `cfg` into the run directory `run`; with `resume`, continues from its newest
+/// checkpoint. SIGTERM or SIGUSR1 on any rank stops every rank after the current step
+/// with a checkpoint ([`RunEnd::Stopped`]; one tiny all-reduce per step agrees on it).
+///
+/// ```no_run
+/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
+/// let cfg = dml::config::Config::load("configs/quickstart.toml".as_ref(), &[])?;
+/// dml::train::run(&cfg, comm, "runs/quick".as_ref(), false)?;
+/// # Ok(()) }
+/// ```
 pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<RunEnd> {
     let Setup {
         cfg,

@@ -60,8 +60,8 @@ pub struct StepOutput {
     /// all-reduce, including waiting for the other ranks).
     pub comm_seconds: f64,
     /// Of the collectives, seconds the step was blocked on the gradient all-reduce after
-    /// its own backward had finished (the reduction is not overlapped with the backward
-    /// yet, so this is the whole gradient all-reduce).
+    /// its own backward had finished (what the overlap with the backward did not hide;
+    /// all of it with `dist.overlap = false`).
     pub comm_wait_seconds: f64,
     /// Of the step, seconds in this rank's share of the objective and its backward to the
     /// gathered embeddings (collectives inside it included).
