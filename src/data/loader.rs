@@ -114,16 +114,14 @@ impl Batch {
     /// # }
     /// ```
     pub fn to_tensor(&self, device: Device, kind: Kind) -> Tensor {
-        let (b, s) = (self.len() as i64, self.size as i64);
-        let math = math_kind(kind);
         if device == Device::Cpu {
             if let Some(Images(x)) = self.images.as_ref().filter(|i| i.0.kind() == kind) {
                 return x.shallow_clone();
             }
-            let mut x = Tensor::empty([b, 3, s, s], (math, Device::Cpu));
-            self.normalize(&mut x);
-            return if kind == math { x } else { x.to_kind(kind) };
+            return self.prepare(kind, None).0;
         }
+        let (b, s) = (self.len() as i64, self.size as i64);
+        let math = math_kind(kind);
         let x = Tensor::from_slice(&self.pixels)
             .view([b, s, s, 3])
             .to_device(device)
