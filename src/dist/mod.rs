@@ -25,7 +25,7 @@ pub use reducer::GradReducer;
 
 /// A communicator handle a communication thread owns ([`Comm::grad_channel`]).
 pub trait GradChannel: Send {
-    /// Replaces the CPU f32/f64 tensor `t` by its element-wise sum over all ranks, with
+    /// Replaces the CPU tensor `t` by its element-wise sum over all ranks, with
     /// the same agreement check as [`Comm::all_reduce_sum`].
     fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()>;
 }
@@ -116,7 +116,6 @@ pub fn init(backend: Backend) -> Result<Box<dyn Comm>> {
     }
 }
 
-/// FNV-1a, 64 bits: the hash [`check_same_everywhere`] compares across ranks.
 /// Sums `values` across ranks, in place: one all-reduce of a CPU f64 tensor (the counts
 /// and partial sums of the sharded objective; integers are exact below 2⁵³). A no-op
 /// when the world is 1.
@@ -138,6 +137,20 @@ pub fn sum_f64s(comm: &dyn Comm, values: &mut [f64]) -> Result<()> {
     Ok(())
 }
 
+/// How many ranks pass `true`, the same count on every rank: one all-reduce of one
+/// integer (a stop signal, a capability every rank must have).
+///
+/// ```
+/// assert_eq!(dml::dist::ranks_with(&dml::dist::local::Local, true)?, 1);
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub fn ranks_with(comm: &dyn Comm, flag: bool) -> Result<usize> {
+    let mut t = Tensor::from_slice(&[i64::from(flag)]);
+    comm.all_reduce_sum(&mut t)?;
+    Ok(t.f_int64_value(&[0])? as usize)
+}
+
+/// FNV-1a, 64 bits: the hash [`check_same_everywhere`] compares across ranks.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {

@@ -25,10 +25,8 @@ pub struct Mpi {
     size: usize,
     local_rank: usize,
     local_world: usize,
-    /// Send buffers of the in-place all-reduces, kept between calls (no page faults on
-    /// every gradient bucket).
-    scratch_f32: RefCell<Vec<f32>>,
-    scratch_f64: RefCell<Vec<f64>>,
+    /// Send buffers of the in-place all-reduces, kept between calls.
+    scratch: RefCell<Scratch>,
     /// The thread support MPI granted.
     threading: Threading,
     // Dropped last: finalises MPI after the communicators above are freed.
@@ -73,8 +71,7 @@ impl Mpi {
             size,
             local_rank,
             local_world,
-            scratch_f32: RefCell::default(),
-            scratch_f64: RefCell::default(),
+            scratch: RefCell::default(),
             threading,
             _universe: universe,
         })
@@ -100,8 +97,7 @@ impl Mpi {
         let dup = self.world.duplicate();
         crate::sys::SendComm::new(dup, self.threading).map(|comm| MpiGradChannel {
             comm,
-            scratch_f32: Vec::new(),
-            scratch_f64: Vec::new(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -170,6 +166,32 @@ fn agree(world: &SimpleCommunicator, op: Op, t: Option<&Tensor>, arg: i64) -> Re
     header::check(op, &all, true)
 }
 
+/// Send buffers of the in-place all-reduces, kept between calls (no allocation and no
+/// page faults on every gradient bucket).
+#[derive(Default)]
+struct Scratch {
+    f32: Vec<f32>,
+    f64: Vec<f64>,
+}
+
+/// [`Comm::all_reduce_sum`] on `world`: the agreement check, then the sum by kind.
+fn all_reduce_sum_on(
+    world: &SimpleCommunicator,
+    t: &mut Tensor,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    agree(world, Op::AllReduceSum, Some(t), 0)?;
+    match t.kind() {
+        Kind::Float => reduce_typed::<f32>(world, t, &mut scratch.f32),
+        Kind::Double => reduce_typed::<f64>(world, t, &mut scratch.f64),
+        Kind::Int64 => reduce_typed::<i64>(world, t, &mut Vec::new()),
+        Kind::Uint8 => reduce_typed::<u8>(world, t, &mut Vec::new()),
+        k => Err(Error::Dist(format!(
+            "all_reduce_sum: unsupported kind {k:?}"
+        ))),
+    }
+}
+
 /// Sums `t` over `world`'s ranks: in place on a contiguous CPU tensor's memory (its
 /// elements copied into `scratch` as the send buffer), else through host copies.
 fn reduce_typed<T: Element + Equivalence + Default + Clone>(
@@ -199,21 +221,12 @@ fn reduce_typed<T: Element + Equivalence + Default + Clone>(
 /// thread ([`Mpi::grad_channel`]).
 pub struct MpiGradChannel {
     comm: crate::sys::SendComm,
-    scratch_f32: Vec<f32>,
-    scratch_f64: Vec<f64>,
+    scratch: Scratch,
 }
 
 impl super::GradChannel for MpiGradChannel {
     fn all_reduce_sum(&mut self, t: &mut Tensor) -> Result<()> {
-        let world = self.comm.comm();
-        agree(world, Op::AllReduceSum, Some(t), 0)?;
-        match t.kind() {
-            Kind::Float => reduce_typed::<f32>(world, t, &mut self.scratch_f32),
-            Kind::Double => reduce_typed::<f64>(world, t, &mut self.scratch_f64),
-            k => Err(Error::Dist(format!(
-                "gradient all-reduce: unsupported kind {k:?}"
-            ))),
-        }
+        all_reduce_sum_on(self.comm.comm(), t, &mut self.scratch)
     }
 }
 
@@ -237,9 +250,7 @@ impl Comm for Mpi {
     /// (MPI granted `MPI_THREAD_SERIALIZED` everywhere; agreed by an all-reduce).
     fn grad_channel(&self) -> Result<Option<Box<dyn super::GradChannel>>> {
         let channel = self.duplicate_for_thread();
-        let mut have = Tensor::from_slice(&[i64::from(channel.is_some())]);
-        self.all_reduce_sum(&mut have)?;
-        let everywhere = have.f_int64_value(&[0])? == self.size as i64;
+        let everywhere = super::ranks_with(self, channel.is_some())? == self.size;
         Ok(channel
             .filter(|_| everywhere)
             .map(|c| Box::new(c) as Box<dyn super::GradChannel>))
@@ -270,16 +281,7 @@ impl Comm for Mpi {
         }
     }
     fn all_reduce_sum(&self, t: &mut Tensor) -> Result<()> {
-        self.agree(Op::AllReduceSum, Some(t), 0)?;
-        match t.kind() {
-            Kind::Float => reduce_typed::<f32>(&self.world, t, &mut self.scratch_f32.borrow_mut()),
-            Kind::Double => reduce_typed::<f64>(&self.world, t, &mut self.scratch_f64.borrow_mut()),
-            Kind::Int64 => reduce_typed::<i64>(&self.world, t, &mut Vec::new()),
-            Kind::Uint8 => reduce_typed::<u8>(&self.world, t, &mut Vec::new()),
-            k => Err(Error::Dist(format!(
-                "all_reduce_sum: unsupported kind {k:?}"
-            ))),
-        }
+        all_reduce_sum_on(&self.world, t, &mut self.scratch.borrow_mut())
     }
     fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<()> {
         self.agree(Op::Broadcast, Some(t), root as i64)?;

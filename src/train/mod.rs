@@ -138,9 +138,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
 /// rank stops after the same step), with the signal's name as rank 0 saw it.
 fn stop_requested(comm: &dyn Comm) -> Result<Option<String>> {
     let mine = crate::sys::stop_signal();
-    let mut flag = tch::Tensor::from_slice(&[i64::from(mine.is_some())]);
-    comm.all_reduce_sum(&mut flag)?;
-    Ok((flag.f_int64_value(&[0])? > 0)
+    Ok((dist::ranks_with(comm, mine.is_some())? > 0)
         .then(|| mine.unwrap_or("a signal on another rank").to_string()))
 }
 
