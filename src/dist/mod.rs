@@ -21,7 +21,7 @@ pub mod nccl;
 mod reducer;
 
 pub use grads::{all_reduce_grads, average_grads};
-pub use reducer::GradReducer;
+pub use reducer::{GradReducer, GradSync};
 
 /// A communicator handle a communication thread owns ([`Comm::grad_channel`]).
 pub trait GradChannel: Send {

@@ -12,6 +12,7 @@
 //! Without a communication thread (a backend without [`Comm::grad_channel`], CUDA
 //! tensors, or `dist.overlap = false`) `finish` reduces the same buckets in the same
 //! order on the calling thread: the result is bit for bit the same.
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -208,6 +209,85 @@ impl Drop for GradReducer {
     }
 }
 
+/// The gradient reduction of a run's steps: a [`GradReducer`] built after the first
+/// backward (its buckets need the gradients to exist) and rebuilt whenever the set of
+/// parameters with a gradient changes.
+pub struct GradSync {
+    bucket_bytes: usize,
+    overlap: bool,
+    reducer: RefCell<Option<GradReducer>>,
+}
+
+impl GradSync {
+    /// Buckets of `bucket_bytes`, reduced during the backward when `overlap` allows.
+    pub fn new(bucket_bytes: usize, overlap: bool) -> GradSync {
+        GradSync {
+            bucket_bytes,
+            overlap,
+            reducer: RefCell::new(None),
+        }
+    }
+
+    /// Runs `backward` and sums the gradients of `params` across ranks (during the
+    /// backward when the reducer overlaps, else after it); returns the seconds waited for
+    /// the sums after the backward. Every rank calls it together.
+    pub fn backward_and_sum(
+        &self,
+        comm: &dyn Comm,
+        params: &[Tensor],
+        backward: impl FnOnce(),
+    ) -> Result<f64> {
+        if comm.world() == 1 {
+            backward();
+            return Ok(0.0);
+        }
+        let mut slot = self.reducer.borrow_mut();
+        let armed = match slot.as_ref() {
+            Some(r) if r.matches(params) => {
+                r.arm();
+                true
+            }
+            _ => false,
+        };
+        backward();
+        match slot.as_ref() {
+            Some(r) if armed && r.matches(params) => r.finish(comm),
+            Some(r) if armed => {
+                // A parameter got its first gradient in this step: the buckets are
+                // summed, the newcomers on their own, and the buckets rebuilt next step.
+                let started = Instant::now();
+                r.finish(comm)?;
+                let newcomers: Vec<Tensor> = params
+                    .iter()
+                    .filter(|p| p.grad().defined() && !r.holds(p))
+                    .map(Tensor::shallow_clone)
+                    .collect();
+                super::all_reduce_grads(comm, &newcomers, self.bucket_bytes)?;
+                *slot = None;
+                Ok(started.elapsed().as_secs_f64())
+            }
+            _ => {
+                *slot = None; // its hooks go before the new ones are set
+                let r = GradReducer::new(comm, params, self.bucket_bytes, self.overlap)?;
+                if comm.rank() == 0 {
+                    let when = match r.overlaps() {
+                        true => "all-reduced during the backward",
+                        false => "all-reduced after the backward",
+                    };
+                    eprintln!(
+                        "dml: gradients in {} buckets of up to {:.2} MiB, {when}",
+                        r.buckets(),
+                        self.bucket_bytes as f64 / (1 << 20) as f64
+                    );
+                }
+                let wait = r.finish(comm)?;
+                *slot = Some(r);
+                Ok(wait)
+            }
+        }
+    }
+}
+
 fn thread_gone() -> Error {
     Error::Dist("the gradient communication thread stopped unexpectedly".into())
 }
@@ -228,35 +308,27 @@ fn spawn(
             let mut pending = counts.clone();
             let mut next = 0;
             let mut failed: Option<Error> = None;
-            let mut reduce_ready = |pending: &[usize], next: &mut usize, all: bool| {
-                while *next < buckets.len() && (all || pending[*next] == 0) {
-                    if failed.is_none() {
-                        if let Err(e) = channel.all_reduce_sum(&mut buckets[*next]) {
-                            failed = Some(e);
-                        }
-                    }
-                    *next += 1;
-                }
-                if all {
-                    Some(failed.take())
-                } else {
-                    None
-                }
-            };
             for msg in rx.iter() {
-                match msg {
+                let backward_done = match msg {
                     Msg::Ready(i) => {
                         if let Some(c) = bucket_of.get(i).and_then(|&b| pending.get_mut(b)) {
                             *c = c.saturating_sub(1);
                         }
-                        reduce_ready(&pending, &mut next, false);
+                        false
                     }
-                    Msg::BackwardDone => {
-                        let failed = reduce_ready(&pending, &mut next, true).flatten();
-                        let _ = done_tx.send(failed.map_or(Ok(()), Err));
-                        pending.clone_from(&counts);
-                        next = 0;
+                    Msg::BackwardDone => true,
+                };
+                // In order: bucket `next` once complete, or every bucket left at the end.
+                while next < buckets.len() && (backward_done || pending[next] == 0) {
+                    if failed.is_none() {
+                        failed = channel.all_reduce_sum(&mut buckets[next]).err();
                     }
+                    next += 1;
+                }
+                if backward_done {
+                    let _ = done_tx.send(failed.take().map_or(Ok(()), Err));
+                    pending.clone_from(&counts);
+                    next = 0;
                 }
             }
         })

@@ -252,14 +252,14 @@ pub fn step_env<'a>(
     comm: &'a dyn Comm,
     teacher: Option<&'a Model>,
 ) -> step::StepEnv<'a> {
+    let bucket_bytes = bucket_bytes(cfg, model.device());
     step::StepEnv {
         model,
         objective,
         comm,
         teacher,
-        bucket_bytes: bucket_bytes(cfg, model.device()),
-        overlap: cfg.dist.overlap,
-        reducer: std::cell::RefCell::new(None),
+        bucket_bytes,
+        grads: dist::GradSync::new(bucket_bytes, cfg.dist.overlap),
         autocast: use_autocast(cfg, model),
     }
 }

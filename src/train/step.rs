@@ -11,14 +11,13 @@
 //! rank back-propagates the sum through the head's global half, which gives
 //! `G = dL/dE` and the gradients of the parameters after the gather exactly as one
 //! process would. Each rank then back-propagates its own rows of `G` through its local
-//! graph. Gradients before the gather (trunk, local head) are summed across ranks, those
-//! after it averaged (they are the same on every rank).
-use std::cell::RefCell;
-
+//! graph. Gradients before the gather (trunk, local head) are summed across ranks during
+//! that backward ([`GradSync`]), those after it averaged (they are the same on every
+//! rank).
 use tch::Tensor;
 
 use crate::data::loader::Batch;
-use crate::dist::{self, Comm, GradReducer};
+use crate::dist::{self, Comm, GradSync};
 use crate::error::{Error, Result};
 use crate::loss::{MiningStats, Objective, Shard};
 use crate::model::{HeadOutput, Model};
@@ -36,11 +35,9 @@ pub struct StepEnv<'a> {
     pub teacher: Option<&'a Model>,
     /// Gradient all-reduce bucket size in bytes.
     pub bucket_bytes: usize,
-    /// Reduce gradient buckets during the backward (`dist.overlap`).
-    pub overlap: bool,
-    /// The buckets of the gradients summed across ranks, built after the first
-    /// backward (and again if the set of parameters with a gradient changes).
-    pub reducer: RefCell<Option<GradReducer>>,
+    /// The sum across ranks of the gradients before the gather (`dist.bucket_mb`,
+    /// `dist.overlap`).
+    pub grads: GradSync,
     /// Run this rank's half of the model under CUDA autocast (`train.precision = "bf16"`;
     /// the dtype is set by [`crate::sys::set_cuda_autocast_bf16`]). The per-sample
     /// tensors are cast back to the parameters' kind before the gather.
@@ -137,7 +134,13 @@ pub fn forward_backward(
             false => pre.push(t.shallow_clone()),
         }
     }
-    let wait_s = local_backward(env, own_rows, &pre)?;
+    // Own rows of G through the local graph; the trunk's gradients are summed across
+    // ranks during (or after) that backward.
+    let wait_s = env.grads.backward_and_sum(comm, &pre, || {
+        if let Some(s) = own_rows {
+            s.backward();
+        }
+    })?;
     comm_s += wait_s;
     timed(&mut comm_s, || {
         dist::average_grads(comm, &post, env.bucket_bytes)
@@ -150,67 +153,6 @@ pub fn forward_backward(
         comm_wait_seconds: wait_s,
         objective_seconds: share.seconds,
     })
-}
-
-/// The backward of this rank's own rows through its local graph, with the gradients of
-/// `pre` (the parameters before the gather) summed across ranks by the step's
-/// [`GradReducer`]: during the backward when it overlaps, else after it. Returns the
-/// seconds the step then waited for the reduction.
-fn local_backward(env: &StepEnv, surrogate: Option<Tensor>, pre: &[Tensor]) -> Result<f64> {
-    let comm = env.comm;
-    if comm.world() == 1 {
-        if let Some(s) = surrogate {
-            s.backward();
-        }
-        return Ok(0.0);
-    }
-    let mut slot = env.reducer.borrow_mut();
-    let armed = match slot.as_ref() {
-        Some(r) if r.matches(pre) => {
-            r.arm();
-            true
-        }
-        _ => false,
-    };
-    if let Some(s) = surrogate {
-        s.backward();
-    }
-    match slot.as_ref() {
-        Some(r) if armed && r.matches(pre) => r.finish(comm),
-        Some(r) if armed => {
-            // A parameter got its first gradient in this step: the reducer's buckets
-            // are summed, the newcomers reduced on their own, and the buckets rebuilt
-            // at the next step.
-            let started = std::time::Instant::now();
-            r.finish(comm)?;
-            let newcomers: Vec<Tensor> = pre
-                .iter()
-                .filter(|p| p.grad().defined() && !r.holds(p))
-                .map(Tensor::shallow_clone)
-                .collect();
-            dist::all_reduce_grads(comm, &newcomers, env.bucket_bytes)?;
-            *slot = None;
-            Ok(started.elapsed().as_secs_f64())
-        }
-        _ => {
-            *slot = None; // its hooks go before the new ones are set
-            let r = GradReducer::new(comm, pre, env.bucket_bytes, env.overlap)?;
-            if comm.rank() == 0 {
-                let when = match r.overlaps() {
-                    true => "all-reduced during the backward",
-                    false => "all-reduced after the backward",
-                };
-                eprintln!(
-                    "dml: gradients in {} buckets of up to {:.2} MiB, {when}",
-                    r.buckets(),
-                    env.bucket_bytes as f64 / (1 << 20) as f64
-                );
-            }
-            let wait = r.finish(comm)?;
-            *slot = Some(r);
-            Ok(wait)
-        }
-    }
 }
 
 /// What [`objective_backward`] leaves besides the gradients.
