@@ -13,6 +13,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     println!("cargo:rerun-if-changed=csrc/fused_adam.cpp");
     println!("cargo:rerun-if-changed=csrc/grad_hooks.cpp");
+    println!("cargo:rerun-if-changed=csrc/shim_error.h");
     let Ok(dir) = std::env::var("LIBTORCH") else {
         panic!("LIBTORCH is not set: run tools/setup.sh (it writes .cargo/config.toml)");
     };

@@ -13,8 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "shim_error.h"
+
 namespace {
-thread_local std::string last_error;
 
 std::vector<at::Tensor> gather(const at::Tensor* const* ts, size_t n) {
   std::vector<at::Tensor> out;
@@ -45,9 +46,10 @@ extern "C" int dml_fused_adam(const at::Tensor* const* params, const at::Tensor*
     }
     return 0;
   } catch (const std::exception& e) {
-    last_error = e.what();
+    dml_shim_error() = e.what();
     return 1;
   }
 }
 
-extern "C" const char* dml_shim_last_error() { return last_error.c_str(); }
+// The last failing shim call's message on this thread (every csrc/*.cpp sets it).
+extern "C" const char* dml_shim_last_error() { return dml_shim_error().c_str(); }

@@ -18,9 +18,9 @@
 #include <mutex>
 #include <string>
 
+#include "shim_error.h"
 
 namespace {
-thread_local std::string grad_error;
 
 using Callback = void (*)(void* ctx, size_t index);
 
@@ -69,21 +69,19 @@ extern "C" int dml_grad_hook(void* holder, const at::Tensor* param, size_t index
         *param, std::make_unique<ReadyHook>(h->token, index));
     return 0;
   } catch (const std::exception& e) {
-    grad_error = e.what();
+    dml_shim_error() = e.what();
     return 1;
   }
 }
 
-// param.grad = grad (same shape, kind and device, checked by libtorch).
+// param.grad = grad (the Rust side, sys::set_grad, checks shape, kind and device).
 extern "C" int dml_set_grad(const at::Tensor* param, const at::Tensor* grad) {
   try {
     at::Tensor p = *param;
     p.mutable_grad() = *grad;
     return 0;
   } catch (const std::exception& e) {
-    grad_error = e.what();
+    dml_shim_error() = e.what();
     return 1;
   }
 }
-
-extern "C" const char* dml_grad_last_error() { return grad_error.c_str(); }

@@ -62,7 +62,6 @@ extern "C" {
         index: usize,
     ) -> i32;
     fn dml_set_grad(param: *const std::ffi::c_void, grad: *const std::ffi::c_void) -> i32;
-    fn dml_grad_last_error() -> *const std::ffi::c_char;
 }
 
 /// The callback of [`GradReadyHooks`].
@@ -120,7 +119,7 @@ impl GradReadyHooks {
     pub fn watch(&self, param: &tch::Tensor, index: usize) -> Result<(), String> {
         // SAFETY: `holder` is live; `param` points to a live at::Tensor for the call.
         let rc = unsafe { dml_grad_hook(self.holder, param.as_ptr().cast(), index) };
-        grad_result(rc, "registering a gradient hook")
+        shim_result(rc, "registering a gradient hook")
     }
 }
 
@@ -135,8 +134,8 @@ impl Drop for GradReadyHooks {
     }
 }
 
-/// Makes `grad` the gradient of `param` (`param.grad = grad`, same shape, kind and
-/// device, or libtorch's error): backward then accumulates into `grad`'s memory in
+/// Makes `grad` the gradient of `param` (`param.grad = grad`; a different shape, kind
+/// or device is an error): backward then accumulates into `grad`'s memory in
 /// place, e.g. into a view of a flat all-reduce bucket.
 ///
 /// ```
@@ -145,19 +144,37 @@ impl Drop for GradReadyHooks {
 /// dml::sys::set_grad(&p, &bucket.narrow(0, 1, 3)).unwrap();
 /// (&p * 2).sum(tch::Kind::Float).backward();
 /// assert_eq!(Vec::<f32>::try_from(&bucket).unwrap(), vec![0.0, 2.0, 2.0, 2.0, 0.0]);
+/// // A gradient of another shape is refused:
+/// let e = dml::sys::set_grad(&p, &bucket).unwrap_err();
+/// assert!(e.starts_with("setting a gradient: "), "{e}");
 /// ```
 pub fn set_grad(param: &tch::Tensor, grad: &tch::Tensor) -> Result<(), String> {
+    // libtorch's `mutable_grad() =` checks nothing: check here.
+    if (param.size(), param.kind(), param.device()) != (grad.size(), grad.kind(), grad.device()) {
+        return Err(format!(
+            "setting a gradient: {:?} {:?} on {:?} for a parameter of {:?} {:?} on {:?}",
+            grad.size(),
+            grad.kind(),
+            grad.device(),
+            param.size(),
+            param.kind(),
+            param.device()
+        ));
+    }
     // SAFETY: both point to live at::Tensor objects for the duration of the call.
     let rc = unsafe { dml_set_grad(param.as_ptr().cast(), grad.as_ptr().cast()) };
-    grad_result(rc, "setting a gradient")
+    shim_result(rc, "setting a gradient")
 }
 
-fn grad_result(rc: i32, what: &str) -> Result<(), String> {
+/// `Ok` for a shim return code of 0, else the shim's message for this thread's last
+/// failing call, prefixed with `what`.
+fn shim_result(rc: i32, what: &str) -> Result<(), String> {
     if rc == 0 {
         return Ok(());
     }
-    // SAFETY: a NUL-terminated thread-local string, copied out at once.
-    let msg = unsafe { std::ffi::CStr::from_ptr(dml_grad_last_error()) };
+    // SAFETY: the shim returns a NUL-terminated thread-local string that lives until the
+    // next failing call on this thread; it is copied out at once.
+    let msg = unsafe { std::ffi::CStr::from_ptr(dml_shim_last_error()) };
     Err(format!("{what}: {}", msg.to_string_lossy()))
 }
 
@@ -369,13 +386,7 @@ pub fn fused_adam(
             i32::from(h.decoupled),
         )
     };
-    if rc == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim returns a NUL-terminated thread-local string that lives until the
-    // next failing call on this thread; it is copied out at once.
-    let msg = unsafe { std::ffi::CStr::from_ptr(dml_shim_last_error()) };
-    Err(format!("fused adam: {}", msg.to_string_lossy()))
+    shim_result(rc, "fused adam")
 }
 
 /// Sets the dtype CUDA autocast casts to: bfloat16 (`true`) or float16 (`false`, torch's
