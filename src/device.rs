@@ -53,8 +53,8 @@ pub struct ThreadChoice {
 /// quota included) and `online` the node's CPUs: a rank bound to a subset of the node
 /// (mpirun's default `--bind-to core`, Slurm's `--cpu-bind`) uses its own CPUs, an unbound
 /// rank the node's CPUs divided among the `ranks_on_node`. Loader workers are not given
-/// cores of their own: they wait on a bounded prefetch queue most of the step, and a
-/// decode-bound run sees it in `metrics.jsonl` (the step waits for its batch).
+/// cores of their own: they wait on a bounded prefetch queue most of the step (a
+/// decode-bound run shows as `images_per_s` below what `step_s` allows).
 ///
 /// ```
 /// use dml::device::choose_threads;
