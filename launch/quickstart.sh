@@ -13,4 +13,4 @@ DML=target/release/dml
 rm -rf "$RUN"
 mpirun --oversubscribe -np "$NP" $DML train --config configs/quickstart.toml --out "$RUN" "$@"
 echo "== test metrics (classes never seen in training) =="
-mpirun --oversubscribe -np "$NP" $DML eval "$RUN" --data data/synth/test.dmlds
+mpirun --oversubscribe -np "$NP" $DML eval "$RUN"

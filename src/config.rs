@@ -108,6 +108,10 @@ pub struct ModelConfig {
     pub trunk: String,
     /// Path of a safetensors file of torchvision weights; empty for random init.
     pub pretrained: String,
+    /// SHA-256 (hex) of `pretrained`: empty in a user's config; recorded in
+    /// `RUN/config.toml` when the run starts, and a file that no longer matches it is
+    /// refused (a resumed run would otherwise start from other weights).
+    pub pretrained_sha256: String,
     /// Missing, unexpected or wrong-shape keys are an error (true) or a warning.
     pub pretrained_strict: bool,
     /// BatchNorm mode.
@@ -145,6 +149,7 @@ impl Default for ModelConfig {
         ModelConfig {
             trunk: "resnet18".into(),
             pretrained: String::new(),
+            pretrained_sha256: String::new(),
             pretrained_strict: true,
             bn: BnMode::Frozen,
             embedding_dim: 128,
@@ -727,6 +732,29 @@ impl Config {
             Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
             other => other,
         })
+    }
+
+    /// The config with every file path (`data.train`, `data.test`, `data.val`,
+    /// `data.gallery`, `model.pretrained`, `distill.teacher`) made absolute against the
+    /// current directory, so that a run directory's `config.toml` works from anywhere.
+    /// Symbolic links are kept as written.
+    pub fn with_absolute_paths(&self) -> Result<Config> {
+        let mut cfg = self.clone();
+        for path in [
+            &mut cfg.data.train,
+            &mut cfg.data.test,
+            &mut cfg.data.val,
+            &mut cfg.data.gallery,
+            &mut cfg.model.pretrained,
+            &mut cfg.distill.teacher,
+        ] {
+            if !path.is_empty() && Path::new(path.as_str()).is_relative() {
+                let absolute = std::path::absolute(path.as_str())
+                    .map_err(|e| Error::Config(format!("cannot make {path} absolute: {e}")))?;
+                *path = absolute.to_string_lossy().into_owned();
+            }
+        }
+        Ok(cfg)
     }
 
     /// The resolved configuration as TOML text.

@@ -1,4 +1,5 @@
 //! Embedding a whole dataset file with a model, in shards across ranks.
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
@@ -7,7 +8,7 @@ use crate::config::Config;
 use crate::data::loader::EvalLoader;
 use crate::data::Dataset;
 use crate::dist::Comm;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Model;
 
 /// Test-transform settings for embedding.
@@ -33,6 +34,39 @@ impl EmbedOptions {
             workers: cfg.data.workers,
         }
     }
+}
+
+/// The files [`write_embeddings`] writes for `E.npy`: `E_labels.npy`, `E_paths.txt`
+/// and `E_classes.txt`.
+pub fn companion_files(out: &Path) -> [PathBuf; 3] {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    ["_labels.npy", "_paths.txt", "_classes.txt"]
+        .map(|end| out.with_file_name(format!("{stem}{end}")))
+}
+
+/// Writes the embeddings of `ds` (`[N, D]`, file order) to `out` (`E.npy`, float32) and
+/// beside it `E_labels.npy` (int64 labels), `E_paths.txt` (the source path of each row,
+/// one per line) and `E_classes.txt` (line `l` is the name of label `l`). Newlines in a
+/// path or name are written as `\n` so that line `i` is row `i`.
+pub fn write_embeddings(out: &Path, emb: &Tensor, labels: &[i64], ds: &Dataset) -> Result<()> {
+    let rows = emb.size()[0] as usize;
+    let cols = emb.size()[1] as usize;
+    let flat = Vec::<f32>::try_from(emb.contiguous().view(-1))?;
+    crate::eval::npy::write_f32(out, &flat, [rows, cols])?;
+    let [labels_path, paths_path, classes_path] = companion_files(out);
+    crate::eval::npy::write_i64(&labels_path, labels)?;
+    let line = |s: &str| format!("{}\n", s.replace('\n', "\\n").replace('\r', "\\r"));
+    let sources = &ds.meta().sources;
+    let paths: String = (0..rows)
+        .map(|i| line(sources.get(i).map(String::as_str).unwrap_or("")))
+        .collect();
+    std::fs::write(&paths_path, paths).map_err(|e| Error::io(&paths_path, e))?;
+    let classes: String = ds.meta().class_names.iter().map(|c| line(c)).collect();
+    std::fs::write(&classes_path, classes).map_err(|e| Error::io(&classes_path, e))?;
+    Ok(())
 }
 
 /// Embeds every image of `ds` (test transform, BatchNorm in eval mode). Rank r embeds a

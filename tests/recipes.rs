@@ -82,3 +82,34 @@ fn dnc_recipes_follow_the_official_readme_schedule() {
         assert_eq!(cfg.dnc.recluster_every, 2 * per_epoch, "{data}");
     }
 }
+
+#[test]
+fn the_launch_scripts_and_the_readme_name_only_configs_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut named = 0;
+    for file in [
+        "README.md",
+        "launch/slurm.sbatch",
+        "launch/quickstart.sh",
+        "launch/mpirun.sh",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for (at, _) in text.match_indices("configs/") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "/-_.<>".contains(*c))
+                .collect();
+            let name = name.trim_end_matches('.');
+            // `configs/bfe-<dataset>.toml` stands for the four dataset recipes.
+            if !name.ends_with(".toml") || name.contains('<') {
+                continue;
+            }
+            named += 1;
+            assert!(
+                root.join(name).is_file(),
+                "{file} names {name}, which does not exist"
+            );
+        }
+    }
+    assert!(named >= 3, "only {named} config names found");
+}

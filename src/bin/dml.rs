@@ -9,8 +9,9 @@ use clap::{Parser, Subcommand};
 use dml::config::{Backend, Config};
 use dml::data::Dataset;
 use dml::dist::{self, Comm};
-use dml::embed::{embed_dataset, EmbedOptions};
-use dml::eval::metrics::{evaluate, EvalOptions, Metrics};
+use dml::embed::{companion_files, embed_dataset, write_embeddings, EmbedOptions};
+use dml::eval::metrics::Metrics;
+use dml::eval::run::{eval_files, evaluate_model, RunWeights};
 use dml::model::Model;
 use dml::train::RunEnd;
 
@@ -76,10 +77,12 @@ enum Cmd {
         #[arg(long, conflicts_with = "resume")]
         resume_if_exists: bool,
     },
-    /// Retrieval metrics of a run on a dataset file, or of saved embeddings.
+    /// Retrieval metrics of a run (on its own test split, or on --data), or of saved
+    /// embeddings.
     Eval {
-        /// Run directory (with --data).
+        /// A run directory (its final model), RUN/best or RUN/checkpoints/step-N.
         run: Option<PathBuf>,
+        /// Evaluate on this file instead of the run's data.test (and data.gallery).
         #[arg(long, requires = "run")]
         data: Option<PathBuf>,
         /// Gallery file for query/gallery protocols (In-Shop); --data is then the query.
@@ -123,9 +126,11 @@ enum Cmd {
     },
     /// Write a run's embeddings of a dataset file to E.npy (labels beside it).
     Embed {
+        /// A run directory (its final model), RUN/best or RUN/checkpoints/step-N.
         run: PathBuf,
+        /// The dataset file; default: the run's data.test.
         #[arg(long)]
-        data: PathBuf,
+        data: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -288,19 +293,36 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             grid,
         } => {
             let metrics = match (run, data, embeddings, labels) {
-                (Some(run), Some(data), None, _) => {
+                (Some(run), data, None, _) => {
                     let mut result = None;
                     with_comm(Backend::Auto, |comm| {
-                        result = Some(eval_run(
+                        let (cfg, model, opts) = load_run(comm, &run)?;
+                        let (query, gallery) =
+                            eval_files(&cfg, data.as_deref(), gallery.as_deref())?;
+                        if comm.rank() == 0 {
+                            match &gallery {
+                                None => eprintln!("data: {}", query.display()),
+                                Some(g) => eprintln!(
+                                    "data: queries {}, gallery {}",
+                                    query.display(),
+                                    g.display()
+                                ),
+                            }
+                        }
+                        result = evaluate_model(
+                            &model,
+                            opts,
                             comm,
-                            &run,
-                            &data,
+                            &query,
                             gallery.as_deref(),
                             grid.as_deref(),
-                        )?);
+                        )?;
+                        if let (Some(g), 0) = (&grid, comm.rank()) {
+                            eprintln!("wrote {}", g.display());
+                        }
                         Ok(())
                     })?;
-                    result.flatten()
+                    result
                 }
                 (None, None, Some(e), Some(l)) => {
                     Some(dml::eval::evaluate_npy(&dml::eval::NpyEvalArgs {
@@ -310,7 +332,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                         query_labels,
                     })?)
                 }
-                _ => bail!("give RUN --data FILE, or --embeddings E.npy --labels L.npy"),
+                _ => bail!("give RUN [--data FILE], or --embeddings E.npy --labels L.npy"),
             };
             if let Some(m) = metrics {
                 print_metrics(&m, json);
@@ -356,16 +378,22 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             })
         }
         Cmd::Embed { run, data, out } => with_comm(Backend::Auto, |comm| {
-            let (model, opts) = load_run(comm, &run)?;
+            let (cfg, model, opts) = load_run(comm, &run)?;
+            let (data, _) = eval_files(&cfg, data.as_deref(), None)?;
             let ds = Arc::new(Dataset::open(&data)?);
-            let (emb, labels) = embed_dataset(&model, comm, ds, opts)?;
+            let (emb, labels) = embed_dataset(&model, comm, ds.clone(), opts)?;
             if comm.rank() == 0 {
-                write_npy(&out, &emb, &labels)?;
+                write_embeddings(&out, &emb, &labels, &ds)?;
+                let [l, p, c] = companion_files(&out);
                 eprintln!(
-                    "wrote {} ({} × {})",
+                    "wrote {} ({} × {} embeddings of {}), {}, {}, {}",
                     out.display(),
                     emb.size()[0],
-                    emb.size()[1]
+                    emb.size()[1],
+                    data.display(),
+                    l.display(),
+                    p.display(),
+                    c.display()
                 );
             }
             Ok(())
@@ -381,113 +409,18 @@ fn print_metrics(m: &Metrics, json: bool) {
     }
 }
 
-/// The model of a finished run and its test transform.
-fn load_run(comm: &dyn Comm, run: &Path) -> Result<(Model, EmbedOptions)> {
-    let cfg = Config::load(&run.join("config.toml"), &[])?;
+/// The model a run path names (a run, `RUN/best`, `RUN/checkpoints/step-N`), with the
+/// run's config and test transform; rank 0 says which weights it loaded.
+fn load_run(comm: &dyn Comm, path: &Path) -> Result<(Config, Model, EmbedOptions)> {
+    let weights = RunWeights::locate(path)?;
+    let cfg = weights.load_config()?;
     dml::device::set_threads(cfg.train.threads, comm.local_world());
-    let weights = run.join("model.safetensors");
-    let model = dml::train::load_model(&cfg, comm, &weights)
-        .with_context(|| format!("loading {} (did the run finish?)", weights.display()))?;
-    Ok((model, EmbedOptions::from_config(&cfg)))
-}
-
-/// Evaluates a run on a dataset file (same source) or on query + gallery files; with
-/// `grid`, rank 0 also draws queries and their retrievals.
-fn eval_run(
-    comm: &dyn Comm,
-    run: &Path,
-    data: &Path,
-    gallery: Option<&Path>,
-    grid: Option<&Path>,
-) -> Result<Option<Metrics>> {
-    let (model, opts) = load_run(comm, run)?;
-    let query = Arc::new(Dataset::open(data)?);
-    let (qe, ql) = embed_dataset(&model, comm, query.clone(), opts)?;
-    let (reference, re, rl) = match gallery {
-        None => (query.clone(), qe.shallow_clone(), ql.clone()),
-        Some(g) => {
-            let g = Arc::new(Dataset::open(g)?);
-            let (ge, gl) = embed_dataset(&model, comm, g.clone(), opts)?;
-            (g, ge, gl)
-        }
-    };
-    let metrics = evaluate(
-        &qe,
-        &ql,
-        &re,
-        &rl,
-        gallery.is_none(),
-        &EvalOptions::default(),
-    )?;
-    if let (Some(path), 0) = (grid, comm.rank()) {
-        draw_grid(
-            path,
-            &query,
-            &qe,
-            &ql,
-            &reference,
-            &re,
-            &rl,
-            gallery.is_none(),
-        )?;
-        eprintln!("wrote {}", path.display());
+    let model = weights.load_model(&cfg, comm)?;
+    if comm.rank() == 0 {
+        eprintln!("weights: {} ({})", weights.weights.display(), weights.what);
     }
-    Ok((comm.rank() == 0).then_some(metrics))
-}
-
-/// Eight queries spread over the file with their five nearest references.
-#[allow(clippy::too_many_arguments)]
-fn draw_grid(
-    path: &Path,
-    query: &Dataset,
-    qe: &tch::Tensor,
-    ql: &[i64],
-    reference: &Dataset,
-    re: &tch::Tensor,
-    rl: &[i64],
-    same_source: bool,
-) -> Result<()> {
-    const ROWS: usize = 8;
-    const K: i64 = 5;
-    let n = ql.len();
-    let queries: Vec<usize> = (0..ROWS.min(n))
-        .map(|i| i * n / ROWS.min(n).max(1))
-        .collect();
-    let idx = tch::Tensor::from_slice(&queries.iter().map(|&q| q as i64).collect::<Vec<_>>());
-    let sims = qe.index_select(0, &idx).matmul(&re.tr());
-    if same_source {
-        for (row, &q) in queries.iter().enumerate() {
-            let _ = sims.get(row as i64).get(q as i64).fill_(f64::NEG_INFINITY);
-        }
-    }
-    let k = K.min(rl.len() as i64 - i64::from(same_source)).max(1);
-    let (_, top) = sims.topk(k, 1, true, true);
-    let mut neighbours = Vec::new();
-    let mut correct = Vec::new();
-    for (row, &q) in queries.iter().enumerate() {
-        let nb: Vec<usize> = Vec::<i64>::try_from(top.get(row as i64))?
-            .into_iter()
-            .map(|v| v as usize)
-            .collect();
-        correct.push(nb.iter().map(|&r| rl[r] == ql[q]).collect());
-        neighbours.push(nb);
-    }
-    // Query tiles come from the query file, retrieved ones from the reference file: the
-    // grid's callback sees query indices first, then reference indices offset by n.
-    let nb_offset: Vec<Vec<usize>> = neighbours
-        .iter()
-        .map(|v| v.iter().map(|&r| r + n).collect())
-        .collect();
-    let mut pixels = |i: usize| -> dml::Result<(Vec<u8>, usize, usize)> {
-        let img = if i < n {
-            query.image(i)
-        } else {
-            reference.image(i - n)
-        };
-        Ok((img.pixels.to_vec(), img.height, img.width))
-    };
-    dml::plot::retrieval_grid(&queries, &nb_offset, &correct, 96, &mut pixels, path)?;
-    Ok(())
+    let opts = EmbedOptions::from_config(&cfg);
+    Ok((cfg, model, opts))
 }
 
 /// Writes the range test's points and picture.
@@ -504,20 +437,5 @@ fn write_lr_find(out: &Path, r: &dml::train::lr_find::LrFindResult) -> Result<()
         "wrote {} and lr_find.jsonl",
         out.join("lr_find.png").display()
     );
-    Ok(())
-}
-
-fn write_npy(out: &Path, emb: &tch::Tensor, labels: &[i64]) -> Result<()> {
-    let rows = emb.size()[0] as usize;
-    let cols = emb.size()[1] as usize;
-    let flat: Vec<f32> = Vec::<f32>::try_from(emb.contiguous().view(-1))?;
-    dml::eval::npy::write_f32(out, &flat, [rows, cols])?;
-    let lpath = out.with_file_name(format!(
-        "{}_labels.npy",
-        out.file_stem()
-            .map(|s| s.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    dml::eval::npy::write_i64(&lpath, labels)?;
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod kmeans;
 pub mod knn;
 pub mod metrics;
 pub mod npy;
+pub mod run;
 
 use metrics::{evaluate, EvalOptions, Metrics};
 

@@ -187,7 +187,11 @@ impl Objective {
             parts.push(m.name());
         }
         if let Some((k, w)) = self.distill {
-            parts.push(format!("{w} × distill({k:?})"));
+            let kind = match k {
+                crate::config::DistillKind::Absolute => "absolute",
+                crate::config::DistillKind::Relative => "relative",
+            };
+            parts.push(format!("{w} × distill({kind})"));
         }
         parts.join(" + ")
     }

@@ -92,7 +92,9 @@ impl<'a> Shard<'a> {
     pub fn check(&self, b: i64) -> Result<()> {
         if self.start < 0 || self.len < 0 || self.start + self.len > b {
             return Err(crate::error::Error::Input(format!(
-                "loss: {self:?} does not lie within the global batch of {b} rows"
+                "loss: the share of rows {}..{} does not lie within the global batch of {b} rows",
+                self.start,
+                self.start + self.len
             )));
         }
         Ok(())

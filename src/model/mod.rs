@@ -106,6 +106,9 @@ impl Model {
                     report.unexpected.len()
                 );
             }
+            if !cfg.pretrained_sha256.is_empty() {
+                weights::check_sha256(Path::new(&cfg.pretrained), &cfg.pretrained_sha256)?;
+            }
         }
         if cfg.channels_last {
             tch::no_grad(|| {

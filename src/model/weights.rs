@@ -26,6 +26,40 @@ impl LoadReport {
     }
 }
 
+/// The SHA-256 of a file as lowercase hex (what `sha256sum` prints), read in 1 MiB
+/// blocks.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Checks `path` against the SHA-256 a run recorded (`model.pretrained_sha256`).
+pub fn check_sha256(path: &Path, expected: &str) -> Result<()> {
+    let got = sha256_file(path)?;
+    if got != expected {
+        return Err(Error::Config(format!(
+            "model.pretrained {} has SHA-256 {got}, but the run recorded {expected} in              model.pretrained_sha256: the file changed since the run started; restore it,              or start a new run",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Copies a safetensors file with torchvision `state_dict` names (no prefix) into the
 /// VarStore variables `prefix + name`, converting to each variable's kind and device.
 /// `num_batches_tracked` entries are ignored. With `strict`, any missing, unexpected
@@ -119,6 +153,22 @@ fn first_few(what: &str, names: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sha256_of_a_file_is_the_standard_digest() {
+        // FIPS 180-2, appendix B.1: SHA-256("abc").
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        std::fs::write(&path, b"abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(super::sha256_file(&path).unwrap(), abc);
+        assert!(super::check_sha256(&path, abc).is_ok());
+        let err = super::check_sha256(&path, &abc.replace('b', "c")).unwrap_err();
+        assert!(
+            err.to_string().contains("changed since the run started"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn mismatches_show_counts_and_the_first_five_names() {
         let names: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();

@@ -285,7 +285,9 @@ fn bucket_bytes(cfg: &Config, device: tch::Device) -> usize {
 }
 
 /// The model of `cfg` on this rank's device with the weights of a safetensors file
-/// (a finished run's `model.safetensors`, or `best/model.safetensors`).
+/// (a finished run's `model.safetensors`, `best/model.safetensors` or a checkpoint's).
+/// The file holds every weight, so `model.pretrained` is not read: a run evaluates
+/// after its initial weights moved.
 ///
 /// ```no_run
 /// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
@@ -296,7 +298,12 @@ fn bucket_bytes(cfg: &Config, device: tch::Device) -> usize {
 pub fn load_model(cfg: &Config, comm: &dyn Comm, weights: &Path) -> Result<Model> {
     let device = crate::device::select(&cfg.train, comm.local_rank())?;
     let kind = crate::device::kind(cfg.train.precision, device)?;
-    let mut model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
+    let architecture = crate::config::ModelConfig {
+        pretrained: String::new(),
+        pretrained_sha256: String::new(),
+        ..cfg.model.clone()
+    };
+    let mut model = Model::new(&architecture, device, kind, cfg.train.seed)?;
     model.load(weights)?;
     Ok(model)
 }
@@ -334,6 +341,7 @@ pub struct Setup {
 /// Checks that every rank has the same config and that the world size divides the
 /// batch, then opens the data and builds the model and objective.
 pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
+    let cfg = &cfg.with_absolute_paths()?;
     dist::check_same_everywhere(comm, "the resolved config", cfg.to_toml()?.as_bytes())?;
     rank_slice(cfg.global_batch(), comm.rank(), comm.world())?;
     let train = Arc::new(Dataset::open(Path::new(&cfg.data.train))?);
@@ -345,10 +353,15 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
         0 => cfg.train.steps,
         e => e * sampler.batches_per_epoch(),
     };
-    let cfg = resolve_milestones(resolve_classes(cfg, &train)?, sampler.batches_per_epoch());
+    let mut cfg = resolve_milestones(resolve_classes(cfg, &train)?, sampler.batches_per_epoch());
     let device = crate::device::select(&cfg.train, comm.local_rank())?;
     let kind = crate::device::kind(cfg.train.precision, device)?;
     let model = Model::new(&cfg.model, device, kind, cfg.train.seed)?;
+    if !cfg.model.pretrained.is_empty() && cfg.model.pretrained_sha256.is_empty() {
+        // Recorded once the weights are loaded; a resumed run's model checks against it.
+        let path = Path::new(&cfg.model.pretrained);
+        cfg.model.pretrained_sha256 = crate::model::weights::sha256_file(path)?;
+    }
     let objective = Objective::build(&cfg)?;
     let teacher = match cfg.distill.teacher.as_str() {
         "" => None,
