@@ -31,10 +31,32 @@ pub struct DataConfig {
     pub crop_scale: [f64; 2],
     /// Smallest and largest aspect ratio of the random resized crop.
     pub crop_ratio: [f64; 2],
+    /// Random horizontal flip of training crops (probability ½), as torchvision's
+    /// `RandomHorizontalFlip`; false for data whose mirror image is another class
+    /// (glyphs, text, some products).
+    pub flip: bool,
+    /// torchvision's `ColorJitter(brightness, contrast, saturation, hue)` on each
+    /// training crop after the flip (Pillow-identical); zeros (default) turn it off.
+    pub color_jitter: [f64; 4],
+    /// torchvision's `RandomGrayscale(p)` after the jitter; 0 (default) never.
+    pub grayscale_p: f64,
     /// Loader worker threads per rank.
     pub workers: usize,
     /// Batches prepared ahead of the training step.
     pub prefetch: usize,
+}
+
+impl DataConfig {
+    /// `color_jitter` as the loader's [`crate::data::color::ColorJitter`].
+    pub fn color_jitter(&self) -> crate::data::color::ColorJitter {
+        let [brightness, contrast, saturation, hue] = self.color_jitter;
+        crate::data::color::ColorJitter {
+            brightness,
+            contrast,
+            saturation,
+            hue,
+        }
+    }
 }
 
 impl Default for DataConfig {
@@ -48,9 +70,32 @@ impl Default for DataConfig {
             resize: 256,
             crop_scale: [0.16, 1.0],
             crop_ratio: [3.0 / 4.0, 4.0 / 3.0],
+            flip: true,
+            color_jitter: [0.0; 4],
+            grayscale_p: 0.0,
             workers: 4,
             prefetch: 4,
         }
+    }
+}
+
+/// The largest `data.image_size` and `data.resize`.
+pub const MAX_IMAGE_SIDE: usize = 8192;
+/// The largest `model.embedding_dim` and `model.horde_dim`.
+pub const MAX_DIM: usize = 1 << 16;
+
+/// `bytes` as `12.3 GiB` (binary units).
+fn bytes_text(bytes: f64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{v:.0} bytes"),
+        _ => format!("{v:.1} {}", units[unit]),
     }
 }
 
@@ -444,6 +489,15 @@ pub struct TrainConfig {
     /// also when stderr is not a terminal (mpirun, Slurm); 0 never. Validation results
     /// are printed whenever they are computed.
     pub log_every: usize,
+    /// Clip the total L2 norm of the (reduced) gradients to this value, as
+    /// `torch.nn.utils.clip_grad_norm_`; 0 (default) never clips.
+    pub max_grad_norm: f64,
+    /// Warn (a line from rank 0, `warning` in metrics.jsonl) when the weights' L2 norm
+    /// exceeds this multiple of its value when the run started or resumed (a blow-up
+    /// that has not reached NaN yet), and again at each further factor of 10; checked
+    /// every `log_every` steps (`grad_norm`, `weight_norm`, `weight_growth` in
+    /// metrics.jsonl); 0 never.
+    pub warn_weight_growth: f64,
 }
 
 impl Default for TrainConfig {
@@ -458,6 +512,8 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             threads: 0,
             log_every: 50,
+            max_grad_norm: 0.0,
+            warn_weight_growth: 100.0,
         }
     }
 }
@@ -727,6 +783,13 @@ impl Config {
 
     /// Reads and parses a config file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        // Reading a FIFO would block until a writer appears.
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(Error::Config(format!(
+                "{} is not a regular file: give a TOML config file",
+                path.display()
+            )));
+        }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::parse(&text, overrides).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
@@ -755,6 +818,31 @@ impl Config {
             }
         }
         Ok(cfg)
+    }
+
+    /// Checks that the loader's buffers for `world` ranks, `local_ranks` of them on this
+    /// node, fit in `memory` bytes (the node's RAM): each rank keeps up to
+    /// `prefetch + 2·workers + 1` batches of its `N·K / world` images as u8 pixels and
+    /// float32 tensors (5 bytes per value, 3·S² values per image).
+    pub fn check_memory(&self, world: usize, local_ranks: usize, memory: u64) -> Result<()> {
+        let per_rank = self.global_batch().div_ceil(world.max(1)) as f64;
+        let side = self.data.image_size as f64;
+        let batches = (self.data.prefetch + 2 * self.data.workers + 1) as f64;
+        let need = batches * per_rank * 3.0 * side * side * 5.0 * local_ranks.max(1) as f64;
+        if need > memory as f64 {
+            return Err(Error::Config(format!(
+                "data.image_size = {}, sampler N·K = {} over {world} rank(s), data.prefetch = {} and data.workers = {}: the loaders of the {} rank(s) on this node need {} ({batches} batches of {per_rank} images × 3 × {}² × 5 bytes per rank), more than this machine's {}; lower data.image_size, data.prefetch or data.workers, or the batch",
+                self.data.image_size,
+                self.global_batch(),
+                self.data.prefetch,
+                self.data.workers,
+                local_ranks.max(1),
+                bytes_text(need),
+                self.data.image_size,
+                bytes_text(memory as f64)
+            )));
+        }
+        Ok(())
     }
 
     /// The resolved configuration as TOML text.
@@ -789,6 +877,21 @@ impl Config {
                 format!("is {}, needs at least 16", self.data.image_size),
             );
         }
+        for (key, side) in [
+            ("data.image_size", self.data.image_size),
+            ("data.resize", self.data.resize),
+        ] {
+            if side > MAX_IMAGE_SIDE {
+                let one = 3.0 * (side as f64).powi(2) * 4.0;
+                return fail(
+                    key,
+                    format!(
+                        "is {side}, at most {MAX_IMAGE_SIDE}: one image's float32 input alone would need 3 × {side}² × 4 bytes = {} (typical: 224–512)",
+                        bytes_text(one)
+                    ),
+                );
+            }
+        }
         if self.data.resize < self.data.image_size {
             return fail(
                 "data.resize",
@@ -812,17 +915,56 @@ impl Config {
                 format!("is [{r0}, {r1}], needs 0 < min ≤ max"),
             );
         }
+        let [b, c, s, h] = self.data.color_jitter;
+        if ![b, c, s, h]
+            .iter()
+            .all(|v| (0.0..f64::INFINITY).contains(v))
+            || h > 0.5
+        {
+            return fail(
+                "data.color_jitter",
+                format!("is [{b}, {c}, {s}, {h}]: brightness, contrast, saturation ≥ 0 and hue in [0, 0.5]"),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.data.grayscale_p) {
+            return fail(
+                "data.grayscale_p",
+                format!("is {}, must lie in [0, 1]", self.data.grayscale_p),
+            );
+        }
         if self.data.workers == 0 || self.data.prefetch == 0 {
             return fail("data.workers / data.prefetch", "must be at least 1".into());
         }
         if self.model.embedding_dim == 0 {
             return fail("model.embedding_dim", "must be positive".into());
         }
+        for (key, dim) in [
+            ("model.embedding_dim", self.model.embedding_dim),
+            ("model.horde_dim", self.model.horde_dim),
+        ] {
+            if dim > MAX_DIM {
+                return fail(
+                    key,
+                    format!(
+                        "is {dim}, at most {MAX_DIM}: a 2048-channel trunk's projection alone would need 2048 × {dim} × 4 bytes = {}",
+                        bytes_text(2048.0 * dim as f64 * 4.0)
+                    ),
+                );
+            }
+        }
         if !matches!(self.model.last_stride, 1 | 2) {
             return fail(
                 "model.last_stride",
                 format!("is {}, allowed: 1, 2", self.model.last_stride),
             );
+        }
+        for (key, v) in [
+            ("train.max_grad_norm", self.train.max_grad_norm),
+            ("train.warn_weight_growth", self.train.warn_weight_growth),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return fail(key, format!("is {v}, must be ≥ 0 (0 turns it off)"));
+            }
         }
         if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
             return fail(
@@ -1026,6 +1168,46 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impossible_sizes_are_refused_with_the_bytes_they_would_need() {
+        let err = Config::parse(
+            "",
+            &["data.image_size=100000".into(), "data.resize=100000".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        // 3 × 100000² × 4 bytes = 1.2e11 bytes = 111.8 GiB.
+        assert!(
+            err.contains("data.image_size: is 100000, at most 8192"),
+            "{err}"
+        );
+        assert!(err.contains("= 111.8 GiB"), "{err}");
+        let err = Config::parse("", &["model.embedding_dim=1000000".into()])
+            .unwrap_err()
+            .to_string();
+        // 2048 × 10⁶ × 4 bytes = 7.63 GiB.
+        assert!(err.contains("model.embedding_dim: is 1000000"), "{err}");
+        assert!(err.contains("= 7.6 GiB"), "{err}");
+    }
+
+    #[test]
+    fn loader_buffers_beyond_the_machines_memory_are_refused() {
+        let cfg = Config::parse(
+            "[sampler]\nclasses_per_batch = 64\nsamples_per_class = 8\n[data]\nimage_size = 1024\nresize = 1024\nworkers = 4\nprefetch = 4\n",
+            &[],
+        )
+        .unwrap();
+        // 13 batches × 256 images × 3 × 1024² × 5 bytes = 49,920 MiB = 48.75 GiB per
+        // rank at W = 2.
+        let err = cfg.check_memory(2, 1, 24 << 30).unwrap_err().to_string();
+        assert!(err.contains("need 48.8 GiB"), "{err}");
+        assert!(err.contains("this machine's 24.0 GiB"), "{err}");
+        // Sixteen ranks on sixteen nodes: 13 × 32 × 15 MiB = 6.1 GiB each.
+        cfg.check_memory(16, 1, 24 << 30).unwrap();
+        // Eight of them on one node: 48.75 GiB.
+        assert!(cfg.check_memory(16, 8, 24 << 30).is_err());
+    }
 
     #[test]
     fn a_type_error_names_the_key_its_origin_and_the_type() {

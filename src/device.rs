@@ -127,6 +127,20 @@ pub fn set_threads(requested: usize, ranks_on_node: usize) -> ThreadChoice {
     choice
 }
 
+/// The machine's RAM in bytes (`MemTotal` of /proc/meminfo), or `None` where unknown.
+pub fn memory_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,7 +79,7 @@ fn round_trip_keeps_pixels_labels_sizes_and_metadata() {
     assert_eq!(m.sources, meta().sources);
     assert_eq!(m.preprocessing, meta().preprocessing);
     // The stored checksum is the CRC-32 of everything between the header page and the
-    // metadata (records with their page padding, index, labels).
+    // metadata (records with their page padding, index, labels, record CRCs).
     let bytes = std::fs::read(&path).unwrap();
     let meta_offset = u64_at(&bytes, 40) as usize;
     assert_eq!(
@@ -87,6 +87,19 @@ fn round_trip_keeps_pixels_labels_sizes_and_metadata() {
         crc32fast::hash(&bytes[PAGE as usize..meta_offset])
     );
     ds.verify().unwrap();
+    // Each record's CRC-32 (4 bytes per record between the labels and the metadata).
+    let crcs = u64_at(&bytes, 64) as usize;
+    assert_eq!(crcs, u64_at(&bytes, 32) as usize + 4 * 3);
+    for (i, (px, ..)) in records().into_iter().enumerate() {
+        let stored = u32::from_le_bytes(bytes[crcs + 4 * i..crcs + 4 * i + 4].try_into().unwrap());
+        assert_eq!(stored, crc32fast::hash(&px));
+        assert_eq!(ds.checked_image(i).unwrap().pixels, &px[..]);
+    }
+    assert!(ds
+        .checked_image(3)
+        .unwrap_err()
+        .to_string()
+        .contains("out of range"));
     // Records start on pages: 3 records of < 1 page each, so the index is at 4 pages.
     assert_eq!(u64_at(&bytes, 24), 4 * PAGE);
     assert_eq!(ds.size_bytes(), bytes.len() as u64);
@@ -94,7 +107,7 @@ fn round_trip_keeps_pixels_labels_sizes_and_metadata() {
     let info = info_report(&ds);
     for needle in [
         path.display().to_string(),
-        "version 1".into(),
+        "version 2".into(),
         "images         3".into(),
         "classes        2 (alpha, beta)".into(),
         "height 1–5 × width 3–7".into(),
@@ -132,6 +145,7 @@ fn truncation_anywhere_names_file_and_both_sizes() {
         (PAGE as usize + 5, "pixel records"),
         (index + 3, "index"),
         (labels + 2, "labels"),
+        (u64_at(&bytes, 64) as usize + 1, "record CRCs"),
         (meta + 1, "metadata"),
         (total - 1, "metadata"),
     ] {
@@ -181,7 +195,7 @@ fn empty_foreign_and_wrong_version_files() {
     std::fs::write(&v7, &bytes).unwrap();
     let msg = dataset_error(&v7);
     assert!(
-        msg.contains("format version 7") && msg.contains("reads version 1"),
+        msg.contains("format version 7") && msg.contains("reads versions 1 and 2"),
         "{msg}"
     );
 
@@ -196,9 +210,30 @@ fn empty_foreign_and_wrong_version_files() {
 fn patched(dir: &Path, bytes: &[u8], patch: impl FnOnce(&mut Vec<u8>)) -> String {
     let mut b = bytes.to_vec();
     patch(&mut b);
+    seal(&mut b);
     let p = dir.join("patched.dmlds");
     std::fs::write(&p, &b).unwrap();
     dataset_error(&p)
+}
+
+/// Recomputes a version 2 file's `meta_crc` (bytes 12..16: CRC-32 of the metadata) and
+/// `tables_crc` (bytes 72..76: CRC-32 of bytes 0..72, then the index, labels and record
+/// CRCs up to the metadata), as docs/dmlds.md specifies, wherever the header's offsets
+/// still lie within the file: a crafted file passes the checksums, so the structural
+/// checks are what must catch it.
+fn seal(b: &mut [u8]) {
+    let (index, meta) = (u64_at(b, 24) as usize, u64_at(b, 40) as usize);
+    if meta <= b.len() {
+        let c = crc32fast::hash(&b[meta..]);
+        b[12..16].copy_from_slice(&c.to_le_bytes());
+    }
+    if index <= meta && meta <= b.len() {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&b[..72]);
+        h.update(&b[index..meta]);
+        let c = h.finalize();
+        b[72..76].copy_from_slice(&c.to_le_bytes());
+    }
 }
 
 #[test]
@@ -219,11 +254,12 @@ fn inconsistent_header_index_and_labels() {
     );
     assert!(msg.contains(&format!("file of {total} bytes")), "{msg}");
 
-    // Zero records with consistent sections (index and labels of length 0 moved).
+    // Zero records with consistent sections (index, labels and CRCs of length 0 moved).
     let msg = patched(tmp.path(), &bytes, |b| {
         b[16..24].copy_from_slice(&0u64.to_le_bytes());
         b[32..40].copy_from_slice(&(index as u64).to_le_bytes());
         b[40..48].copy_from_slice(&(index as u64).to_le_bytes());
+        b[64..72].copy_from_slice(&(index as u64).to_le_bytes());
         let meta_len = (total - index) as u64;
         b[48..56].copy_from_slice(&meta_len.to_le_bytes());
     });
@@ -236,6 +272,33 @@ fn inconsistent_header_index_and_labels() {
     });
     assert!(msg.contains("index entry 1"), "{msg}");
     assert!(msg.contains("100000×4×3 record (1200000 bytes)"), "{msg}");
+
+    // A height × width × 3 that wraps around 2^64 to 13 bytes (red team's entry).
+    let msg = patched(tmp.path(), &bytes, |b| {
+        let at = index + 16 + 8;
+        b[at..at + 4].copy_from_slice(&3_633_886_365u32.to_le_bytes());
+        b[at + 4..at + 8].copy_from_slice(&3_384_208_571u32.to_le_bytes());
+    });
+    assert!(msg.contains("index entry 1"), "{msg}");
+    assert!(msg.contains("more than 2^64 bytes"), "{msg}");
+
+    // Sides beyond MAX_SIDE that would fit the file.
+    let msg = patched(tmp.path(), &bytes, |b| {
+        let at = index + 2 * 16 + 8;
+        b[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+        b[at + 4..at + 8].copy_from_slice(&(dml::data::format::MAX_SIDE + 1).to_le_bytes());
+    });
+    assert!(msg.contains("index entry 2"), "{msg}");
+
+    // A count whose sections overflow, with the offsets in reverse order (two failed
+    // subtractions once compared equal and let the file through).
+    let msg = patched(tmp.path(), &bytes, |b| {
+        b[16..24].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        let (i, l) = (u64_at(b, 24), u64_at(b, 32));
+        b[24..32].copy_from_slice(&l.to_le_bytes());
+        b[32..40].copy_from_slice(&i.to_le_bytes());
+    });
+    assert!(msg.contains("inconsistent"), "{msg}");
 
     // Record 2 moved off its page.
     let msg = patched(tmp.path(), &bytes, |b| {
@@ -259,23 +322,174 @@ fn inconsistent_header_index_and_labels() {
 }
 
 #[test]
+fn open_checks_the_header_index_and_metadata_checksums() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let (index, labels, crcs, meta) = (
+        u64_at(&bytes, 24) as usize,
+        u64_at(&bytes, 32) as usize,
+        u64_at(&bytes, 64) as usize,
+        u64_at(&bytes, 40) as usize,
+    );
+    // A flip anywhere the header, index, labels or record CRCs (not re-sealed).
+    for at in [20, 60, index + 9, labels, crcs + 2] {
+        let mut b = bytes.clone();
+        b[at] ^= 0x01;
+        let p = tmp.path().join("flipped.dmlds");
+        std::fs::write(&p, &b).unwrap();
+        let msg = dataset_error(&p);
+        assert!(
+            msg.contains("checksum mismatch in the header, index, labels or record CRCs")
+                || msg.contains("inconsistent")
+                || msg.contains("expected"),
+            "flip at {at}: {msg}"
+        );
+    }
+    let mut b = bytes.clone();
+    b[labels] ^= 0x01;
+    let p = tmp.path().join("label.dmlds");
+    std::fs::write(&p, &b).unwrap();
+    assert!(
+        dataset_error(&p).contains("checksum mismatch in the header, index, labels or record CRCs")
+    );
+    let mut b = bytes.clone();
+    b[meta + 5] ^= 0x02;
+    std::fs::write(&p, &b).unwrap();
+    assert!(dataset_error(&p).contains("checksum mismatch in the metadata"));
+}
+
+#[test]
+fn a_directory_or_a_fifo_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("train.dmlds");
+    std::fs::create_dir(&dir).unwrap();
+    assert!(dataset_error(&dir).contains("is a directory"));
+    let fifo = tmp.path().join("fifo.dmlds");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Opening a FIFO for reading would block until a writer appears: the check is before.
+    assert!(dataset_error(&fifo).contains("not a regular file"));
+    let err = dml::config::Config::load(&fifo, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a regular file"), "{err}");
+}
+
+/// The same records as a version 1 file: a 64-byte preamble, no record CRCs.
+fn to_version_1(v2: &[u8]) -> Vec<u8> {
+    let (labels, crcs, meta) = (
+        u64_at(v2, 32) as usize,
+        u64_at(v2, 64) as usize,
+        u64_at(v2, 40) as usize,
+    );
+    let mut b = v2[..crcs].to_vec();
+    let body = crc32fast::hash(&b[PAGE as usize..]);
+    let mut m: serde_json::Value = serde_json::from_slice(&v2[meta..]).unwrap();
+    m["checksum"] = body.into();
+    let json = serde_json::to_vec(&m).unwrap();
+    b[64..80].fill(0);
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[12..16].copy_from_slice(&crc32fast::hash(&json).to_le_bytes());
+    b[40..48].copy_from_slice(&(crcs as u64).to_le_bytes());
+    b[48..56].copy_from_slice(&(json.len() as u64).to_le_bytes());
+    b[56..64].copy_from_slice(&((crcs + json.len()) as u64).to_le_bytes());
+    assert_eq!(crcs, labels + 4 * u64_at(v2, 16) as usize);
+    b.extend_from_slice(&json);
+    b
+}
+
+#[test]
+fn version_1_files_are_still_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path());
+    let v1 = tmp.path().join("v1.dmlds");
+    std::fs::write(&v1, to_version_1(&std::fs::read(&path).unwrap())).unwrap();
+    let ds = Dataset::open(&v1).unwrap();
+    assert_eq!(ds.version(), 1);
+    ds.verify().unwrap();
+    for (i, (px, h, w, l)) in records().into_iter().enumerate() {
+        assert_eq!(ds.checked_image(i).unwrap().pixels, &px[..]);
+        assert_eq!((ds.dims(i), ds.label(i)), ((h as usize, w as usize), l));
+    }
+    assert!(info_report(&ds).contains("version 1 (no per-image checksums"));
+}
+
+#[test]
+fn fuzzed_headers_and_indices_never_panic() {
+    // A deterministic corpus (SplitMix64, seed 0): 4000 files, each with 1–8 random bytes
+    // overwritten in the preamble, the index, labels, record CRCs or metadata; three in
+    // four re-sealed so that the checksums pass and the structural checks are exercised.
+    // Every outcome must be Ok or an error: no panic, no huge allocation.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let index = u64_at(&bytes, 24) as usize;
+    let mut rng = dml::rng::SplitMix64::keyed(&[0]);
+    let p = tmp.path().join("fuzz.dmlds");
+    let (mut opened, mut refused) = (0, 0);
+    for case in 0..4000 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + rng.next_u64() % 8 {
+            let region = rng.next_u64() % 4;
+            let at = match region {
+                0 => (rng.next_u64() % 80) as usize,
+                _ => index + (rng.next_u64() % (b.len() - index) as u64) as usize,
+            };
+            b[at] = rng.next_u64() as u8;
+            if rng.next_u64() % 3 == 0 && at + 8 <= b.len() {
+                // Whole-field values at the extremes.
+                let v = [0u64, u64::MAX, 1 << 62, u32::MAX as u64][(rng.next_u64() % 4) as usize];
+                let at = at & !7;
+                b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        if case % 4 != 0 {
+            seal(&mut b);
+        }
+        std::fs::write(&p, &b).unwrap();
+        let outcome = std::panic::catch_unwind(|| match Dataset::open(&p) {
+            Ok(ds) => {
+                for i in 0..ds.len() {
+                    let _ = ds.checked_image(i);
+                    let _ = ds.dims(i);
+                }
+                let _ = info_report(&ds);
+                let _ = ds.verify();
+                true
+            }
+            Err(_) => false,
+        });
+        match outcome {
+            Ok(true) => opened += 1,
+            Ok(false) => refused += 1,
+            Err(_) => panic!("case {case} panicked"),
+        }
+    }
+    // The corpus reaches both outcomes.
+    assert!(
+        opened > 50 && refused > 1000,
+        "{opened} opened, {refused} refused"
+    );
+}
+
+#[test]
 fn verify_detects_bit_flips_by_part() {
     let tmp = tempfile::tempdir().unwrap();
     let path = write(tmp.path());
     let bytes = std::fs::read(&path).unwrap();
-    let labels = u64_at(&bytes, 32) as usize;
-    let meta = u64_at(&bytes, 40) as usize;
-    let name = meta
-        + std::str::from_utf8(&bytes[meta..])
-            .unwrap()
-            .find("alpha")
-            .unwrap();
-    // Flips that keep the file openable: a pixel, page padding, label 0 → 1, "alpha" → "clpha".
+    // Flips that keep the file openable: a pixel (named by the record's CRC, also when
+    // read), page padding (only the body CRC covers it).
     for (at, mask, part) in [
-        (PAGE as usize + 3, 0x02, "pixel records"),
-        (PAGE as usize + 100, 0x80, "pixel records"),
-        (labels, 0x01, "pixel records, index or labels"),
-        (name, 0x02, "metadata"),
+        (PAGE as usize + 3, 0x02, "image 0 (a.jpg) is damaged"),
+        (
+            PAGE as usize + 100,
+            0x80,
+            "checksum mismatch in the pixel records",
+        ),
     ] {
         let mut b = bytes.clone();
         b[at] ^= mask;
@@ -285,13 +499,12 @@ fn verify_detects_bit_flips_by_part() {
         match ds.verify() {
             Err(Error::Dataset { path, msg }) => {
                 assert_eq!(path, p);
-                assert!(
-                    msg.contains("checksum mismatch") && msg.contains(part),
-                    "{msg}"
-                );
+                assert!(msg.contains(part), "{msg}");
             }
             other => panic!("bit flip at {at} not detected: {other:?}"),
         }
+        let read = ds.checked_image(0).map(|_| ());
+        assert_eq!(read.is_err(), at == PAGE as usize + 3, "{read:?}");
     }
 }
 
@@ -305,6 +518,14 @@ fn writer_rejects_bad_records_and_empty_files() {
     let e = w.finish(meta()).unwrap_err().to_string();
     assert!(e.contains("no image"), "{e}");
     assert!(!path.exists());
+    // A failed writer leaves no temporary file behind.
+    assert!(!path.with_extension("dmlds.tmp").exists());
+    let mut w = DatasetWriter::create(&path).unwrap();
+    let side = dml::data::format::MAX_SIDE + 1;
+    let e = w.push(&[], 1, side, 0).unwrap_err().to_string();
+    assert!(e.contains(&format!("1×{side}")), "{e}");
+    drop(w);
+    assert!(!path.with_extension("dmlds.tmp").exists());
 
     let mut w = DatasetWriter::create(&path).unwrap();
     w.push(&[0u8; 12], 2, 2, 0).unwrap();

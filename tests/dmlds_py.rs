@@ -1,7 +1,9 @@
 //! tools/dmlds.py, the numpy-only Python reader of `.dmlds` files (docs/dmlds.md),
-//! against the Rust reader: every record's shape, label, byte sum and sampled pixels,
-//! the class names and source paths, the CLI summary, and the same errors (truncation
-//! on open, a flipped pixel byte in `verify()`) with the same messages.
+//! against the Rust reader, for version 2 files and for version 1 files made from them:
+//! every record's shape, label, byte sum, sampled pixels and CRC-32, the class names and
+//! source paths, the CLI summary, and the same errors with the same messages (truncation,
+//! a flipped header, index, label, record-CRC or metadata byte on open, a damaged image
+//! when it is read, a flipped pixel or padding byte in `verify()`, a directory or FIFO).
 mod common;
 
 use std::ffi::OsStr;
@@ -42,6 +44,8 @@ with m.open(sys.argv[2]) as d:
         index_error = True
     d.verify()
     print(json.dumps({
+        "version": d.version,
+        "record_crcs": d.record_crcs.tolist(),
         "len": len(d),
         "classes": d.classes,
         "paths": d.paths,
@@ -54,8 +58,10 @@ with m.open(sys.argv[2]) as d:
     }))
 "#;
 
-/// Opens argv[2] with tools/dmlds.py (argv[1]); with argv[3] == "verify" also verifies.
-/// Prints `OK` or `ValueError: <message>` (exit status 3); any other error propagates.
+/// Opens argv[2] with tools/dmlds.py (argv[1]), then runs the operations argv[3:]:
+/// `open` (nothing more), `verify`, `N` (`d[N]`, the record's CRC checked) or `raw:N`
+/// (`d.image(N, check=False)`). Prints `OK` or `ValueError: <message>` (exit status 3);
+/// any other error propagates.
 const TRY_OPEN: &str = r#"
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("dmlds", sys.argv[1])
@@ -63,8 +69,13 @@ m = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(m)
 try:
     with m.open(sys.argv[2]) as d:
-        if sys.argv[3] == "verify":
-            d.verify()
+        for op in sys.argv[3:]:
+            if op == "verify":
+                d.verify()
+            elif op.startswith("raw:"):
+                d.image(int(op[4:]), check=False)
+            elif op != "open":
+                d[int(op)]
 except ValueError as e:
     print("ValueError: " + str(e))
     sys.exit(3)
@@ -120,6 +131,61 @@ fn stdout_json(out: &Output) -> serde_json::Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// What [`TRY_OPEN`] prints for `file` and `ops`: `OK` (exit status 0) or
+/// `ValueError: <message>` (exit status 3); panics on anything else.
+fn try_py(file: &Path, ops: &[&str]) -> String {
+    let out = snippet(TRY_OPEN, file, ops);
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let expected = if stdout == "OK" { 0 } else { 3 };
+    assert!(
+        out.status.code() == Some(expected)
+            && (stdout == "OK" || stdout.starts_with("ValueError: ")),
+        "python {ops:?} on {}: status {:?}\nstdout:\n{stdout}\nstderr:\n{}",
+        file.display(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The Python reader's `ValueError` for `ops` on `file`; panics if there is none.
+fn py_error(file: &Path, ops: &[&str]) -> String {
+    let out = try_py(file, ops);
+    match out.strip_prefix("ValueError: ") {
+        Some(msg) => msg.to_string(),
+        None => panic!("python {ops:?} on {} passed", file.display()),
+    }
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// The same records as a version 1 file (as `to_version_1` in tests/dataset_format.rs):
+/// the record CRCs dropped, a 64-byte preamble of version 1, the metadata's checksum
+/// (records, index, labels) and `meta_crc` recomputed.
+fn to_version_1(v2: &[u8]) -> Vec<u8> {
+    let (labels, crcs, meta) = (
+        u64_at(v2, 32) as usize,
+        u64_at(v2, 64) as usize,
+        u64_at(v2, 40) as usize,
+    );
+    assert_eq!(crcs, labels + 4 * u64_at(v2, 16) as usize);
+    let mut b = v2[..crcs].to_vec();
+    let body = crc32fast::hash(&b[PAGE as usize..]);
+    let mut m: serde_json::Value = serde_json::from_slice(&v2[meta..]).unwrap();
+    m["checksum"] = body.into();
+    let json = serde_json::to_vec(&m).unwrap();
+    b[64..80].fill(0);
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[12..16].copy_from_slice(&crc32fast::hash(&json).to_le_bytes());
+    b[40..48].copy_from_slice(&(crcs as u64).to_le_bytes());
+    b[48..56].copy_from_slice(&(json.len() as u64).to_le_bytes());
+    b[56..64].copy_from_slice(&((crcs + json.len()) as u64).to_le_bytes());
+    b.extend_from_slice(&json);
+    b
 }
 
 /// Records of different heights and widths: below one page, exactly three pages (64×64,
@@ -203,6 +269,15 @@ fn compare(path: &Path, with_sources: bool) {
     let n = ds.len();
     assert_eq!(n, SHAPES.len());
     assert_eq!(py["len"].as_u64(), Some(n as u64));
+    assert_eq!(py["version"].as_u64(), Some(ds.version() as u64));
+    // The record CRCs: one per record in version 2, none in version 1.
+    let crcs: Vec<u64> = match ds.version() {
+        1 => Vec::new(),
+        _ => (0..n)
+            .map(|i| crc32fast::hash(ds.image(i).pixels) as u64)
+            .collect(),
+    };
+    assert_eq!(u64s(&py["record_crcs"]), crcs);
     assert_eq!(strings(&py["classes"]), ds.meta().class_names);
     assert_eq!(ds.meta().class_names, class_names());
     for (l, name) in class_names().iter().enumerate() {
@@ -269,6 +344,7 @@ fn compare(path: &Path, with_sources: bool) {
     // The CLI summary (`python tools/dmlds.py --verify FILE`).
     let out = run_python([OsStr::new(READER), OsStr::new("--verify"), path.as_os_str()]);
     let s = stdout_json(&out);
+    assert_eq!(s["version"].as_u64(), Some(ds.version() as u64));
     assert_eq!(s["len"].as_u64(), Some(n as u64));
     assert_eq!(strings(&s["classes"]), ds.meta().class_names);
     let first = ds.image(0);
@@ -289,12 +365,45 @@ fn compare(path: &Path, with_sources: bool) {
 #[test]
 fn python_reader_matches_the_rust_reader_record_by_record() {
     let tmp = tempfile::tempdir().unwrap();
-    compare(&write(tmp.path(), "sources.dmlds", true), true);
+    let path = write(tmp.path(), "sources.dmlds", true);
+    assert_eq!(Dataset::open(&path).unwrap().version(), 2);
+    compare(&path, true);
     compare(&write(tmp.path(), "no_sources.dmlds", false), false);
 }
 
 #[test]
-fn python_reader_rejects_truncation_and_detects_a_flipped_pixel() {
+fn python_reader_reads_version_1_files_with_the_same_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, sources) in [("sources.dmlds", true), ("no_sources.dmlds", false)] {
+        let v2 = write(tmp.path(), name, sources);
+        let v1 = tmp.path().join(format!("v1_{name}"));
+        std::fs::write(&v1, to_version_1(&std::fs::read(&v2).unwrap())).unwrap();
+        assert_eq!(Dataset::open(&v1).unwrap().version(), 1);
+        compare(&v1, sources);
+    }
+
+    // A version 1 record has no CRC of its own: a flipped pixel is read unchecked by
+    // both readers, and only the body CRC in verify finds it, with the same message.
+    let v1 = tmp.path().join("v1_sources.dmlds");
+    let mut bytes = std::fs::read(&v1).unwrap();
+    let index = u64_at(&bytes, 24) as usize;
+    let at = u64_at(&bytes, index + 16) as usize + 3;
+    bytes[at] ^= 0x40;
+    let bad = tmp.path().join("v1_flipped.dmlds");
+    std::fs::write(&bad, &bytes).unwrap();
+    let ds = Dataset::open(&bad).unwrap();
+    assert!(ds.checked_image(1).is_ok());
+    let rust = ds.verify().unwrap_err().to_string();
+    assert!(
+        rust.contains("checksum mismatch in the pixel records"),
+        "{rust}"
+    );
+    assert_eq!(try_py(&bad, &["1"]), "OK");
+    assert_eq!(py_error(&bad, &["verify"]), rust);
+}
+
+#[test]
+fn python_reader_rejects_truncation_and_detects_flipped_pixels_and_padding() {
     let tmp = tempfile::tempdir().unwrap();
     let path = write(tmp.path(), "ds.dmlds", true);
     let bytes = std::fs::read(&path).unwrap();
@@ -304,16 +413,8 @@ fn python_reader_rejects_truncation_and_detects_a_flipped_pixel() {
     std::fs::write(&cut, &bytes[..PAGE as usize + 100]).unwrap();
     let rust = Dataset::open(&cut).unwrap_err().to_string();
     assert!(rust.contains("truncated"), "{rust}");
-    let out = snippet(TRY_OPEN, &cut, &["open"]);
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "expected a ValueError:\nstdout:\n{stdout}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout, format!("ValueError: {rust}"));
-    assert!(stdout.contains(&cut.display().to_string()), "{stdout}");
+    assert_eq!(py_error(&cut, &["open"]), rust);
+    assert!(rust.contains(&cut.display().to_string()), "{rust}");
     // The CLI: non-zero exit status, the message names the file.
     let out = run_python([OsStr::new(READER), cut.as_os_str()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -323,31 +424,142 @@ fn python_reader_rejects_truncation_and_detects_a_flipped_pixel() {
         "{stderr}"
     );
 
-    // One pixel byte flipped (record 0, inside its pixels): open passes, verify fails.
+    // One byte of record 0's page padding flipped (record 0 is 5×7×3 = 105 bytes): no
+    // record CRC covers it, so every image reads fine and only the body CRC in verify
+    // finds it.
     let mut flipped = bytes.clone();
-    flipped[PAGE as usize + 1] ^= 0x10;
-    let bad = tmp.path().join("flipped.dmlds");
+    flipped[PAGE as usize + 1000] ^= 0x10;
+    let bad = tmp.path().join("padding.dmlds");
     std::fs::write(&bad, &flipped).unwrap();
     let ds = Dataset::open(&bad).unwrap();
+    for i in 0..ds.len() {
+        assert!(ds.checked_image(i).is_ok(), "image {i}");
+    }
     let rust = ds.verify().unwrap_err().to_string();
     assert!(
         rust.contains("checksum mismatch in the pixel records"),
         "{rust}"
     );
-    let out = snippet(TRY_OPEN, &bad, &["open"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "OK",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = snippet(TRY_OPEN, &bad, &["verify"]);
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(out.status.code(), Some(3), "verify passed: {stdout}");
-    assert_eq!(stdout, format!("ValueError: {rust}"));
-    assert!(stdout.contains(&bad.display().to_string()), "{stdout}");
+    let all: Vec<String> = (0..ds.len()).map(|i| i.to_string()).collect();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    assert_eq!(try_py(&bad, &all), "OK");
+    assert_eq!(py_error(&bad, &["verify"]), rust);
+    assert!(rust.contains(&bad.display().to_string()), "{rust}");
     let out = run_python([OsStr::new(READER), OsStr::new("--verify"), bad.as_os_str()]);
     assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&rust));
     // Without --verify the CLI opens it fine.
     stdout_json(&run_python([OsStr::new(READER), bad.as_os_str()]));
+}
+
+#[test]
+fn a_damaged_image_is_refused_when_read_with_the_rust_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, sources) in [("sources.dmlds", true), ("no_sources.dmlds", false)] {
+        let path = write(tmp.path(), name, sources);
+        let bytes = std::fs::read(&path).unwrap();
+        let index = u64_at(&bytes, 24) as usize;
+        // One pixel byte of record 2 and one of record 0 flipped, each in its own copy.
+        for record in [2usize, 0] {
+            let mut flipped = bytes.clone();
+            let at = u64_at(&bytes, index + 16 * record) as usize + 5;
+            flipped[at] ^= 0x04;
+            let bad = tmp.path().join(format!("flipped_{record}_{name}"));
+            std::fs::write(&bad, &flipped).unwrap();
+            let ds = Dataset::open(&bad).unwrap();
+            let rust = ds.checked_image(record).unwrap_err().to_string();
+            let source = format!(
+                "image {record} (images/class {}/img_{record:03}é.jpg) is damaged",
+                SHAPES[record].2
+            );
+            let plain = format!("image {record} is damaged");
+            assert!(
+                rust.contains(if sources { &source } else { &plain }),
+                "{rust}"
+            );
+            assert!(rust.contains(&bad.display().to_string()), "{rust}");
+            // verify names the same image with the same message.
+            assert_eq!(ds.verify().unwrap_err().to_string(), rust);
+
+            // Python: open passes, the other images read, this one raises.
+            assert_eq!(try_py(&bad, &["open"]), "OK");
+            let other = if record == 0 { "1" } else { "0" };
+            assert_eq!(try_py(&bad, &[other]), "OK");
+            let i = record.to_string();
+            assert_eq!(py_error(&bad, &[i.as_str()]), rust);
+            // A negative index names the image by its position.
+            let neg = format!("{}", record as i64 - ds.len() as i64);
+            assert_eq!(py_error(&bad, &[neg.as_str()]), rust);
+            // Unchecked, the (damaged) pixels are returned.
+            assert_eq!(try_py(&bad, &[format!("raw:{record}").as_str()]), "OK");
+            assert_eq!(py_error(&bad, &["verify"]), rust);
+
+            // The CLI reads image 0 for its summary (checked); --verify checks them all.
+            let out = run_python([OsStr::new(READER), OsStr::new("--verify"), bad.as_os_str()]);
+            assert!(!out.status.success());
+            assert!(String::from_utf8_lossy(&out.stderr).contains(&rust));
+            let out = run_python([OsStr::new(READER), bad.as_os_str()]);
+            assert_eq!(out.status.success(), record != 0, "{out:?}");
+        }
+    }
+}
+
+#[test]
+fn python_reader_checks_the_header_index_and_metadata_checksums_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = write(tmp.path(), "ds.dmlds", true);
+    let bytes = std::fs::read(&path).unwrap();
+    let (index, labels, crcs, meta) = (
+        u64_at(&bytes, 24) as usize,
+        u64_at(&bytes, 32) as usize,
+        u64_at(&bytes, 64) as usize,
+        u64_at(&bytes, 40) as usize,
+    );
+    let bad = tmp.path().join("flipped.dmlds");
+    // A flipped byte in the index (record 0's height, record 1's offset), the labels or
+    // the record CRCs: the tables CRC on open, the same message from both readers.
+    for at in [index + 9, index + 16 + 1, labels, crcs + 2] {
+        let mut b = bytes.clone();
+        b[at] ^= 0x01;
+        std::fs::write(&bad, &b).unwrap();
+        let rust = Dataset::open(&bad).unwrap_err().to_string();
+        assert!(
+            rust.contains("checksum mismatch in the header, index, labels or record CRCs"),
+            "flip at {at}: {rust}"
+        );
+        assert_eq!(py_error(&bad, &["open"]), rust, "flip at {at}");
+    }
+    // A flipped byte in the preamble (meta_len's high byte, meta_crc): whichever check
+    // fires, both readers give the same message.
+    for at in [55, 13] {
+        let mut b = bytes.clone();
+        b[at] ^= 0x01;
+        std::fs::write(&bad, &b).unwrap();
+        let rust = Dataset::open(&bad).unwrap_err().to_string();
+        assert_eq!(py_error(&bad, &["open"]), rust, "flip at {at}");
+    }
+    // A flipped byte in the metadata.
+    let mut b = bytes.clone();
+    b[meta + 5] ^= 0x02;
+    std::fs::write(&bad, &b).unwrap();
+    let rust = Dataset::open(&bad).unwrap_err().to_string();
+    assert!(rust.contains("checksum mismatch in the metadata"), "{rust}");
+    assert_eq!(py_error(&bad, &["open"]), rust);
+}
+
+#[test]
+fn python_reader_refuses_a_directory_or_a_fifo_as_dml_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("train.dmlds");
+    std::fs::create_dir(&dir).unwrap();
+    let rust = Dataset::open(&dir).unwrap_err().to_string();
+    assert!(rust.contains("is a directory"), "{rust}");
+    assert_eq!(py_error(&dir, &["open"]), rust);
+    let fifo = tmp.path().join("fifo.dmlds");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // Opening a FIFO would block until a writer appears: both check before opening.
+    let rust = Dataset::open(&fifo).unwrap_err().to_string();
+    assert!(rust.contains("not a regular file"), "{rust}");
+    assert_eq!(py_error(&fifo, &["open"]), rust);
 }

@@ -63,6 +63,9 @@ fn options(workers: usize, prefetch: usize, rank: usize, world: usize) -> TrainL
         rank,
         world,
         prepare: None,
+        flip: true,
+        color_jitter: Default::default(),
+        grayscale_p: 0.0,
     }
 }
 
@@ -456,4 +459,89 @@ fn augment_edge_cases_match_pillow() {
     assert_eq!(ours.len(), theirs.len());
     let diffs = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
     assert_eq!(diffs, 0, "{diffs} bytes differ from Pillow");
+}
+
+#[test]
+fn data_flip_false_keeps_the_same_crops_unmirrored() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(dir.path());
+    let flipped = collect(&ds, options(2, 2, 0, 1), 0, 6);
+    let plain = collect(
+        &ds,
+        TrainLoaderOptions {
+            flip: false,
+            ..options(2, 2, 0, 1)
+        },
+        0,
+        6,
+    );
+    let mut mirrored = 0;
+    for (f, p) in flipped.iter().zip(&plain) {
+        assert_eq!(f.indices, p.indices);
+        for (pos, &idx) in p.indices.iter().enumerate() {
+            let img = ds.image(idx);
+            let mut rng = SplitMix64::keyed(&[77, p.step, pos as u64]);
+            let mut params = random_resized_crop_params(
+                &mut rng,
+                img.height,
+                img.width,
+                [0.3, 1.0],
+                [0.75, 4.0 / 3.0],
+            );
+            let drew_flip = params.flip;
+            params.flip = false;
+            let want = resized_crop(img.pixels, img.height, img.width, &params, 16);
+            let at = pos * 768..(pos + 1) * 768;
+            assert_eq!(&p.pixels[at.clone()], &want[..], "no image is mirrored");
+            // With flipping on, the same crop, mirrored where the draw said so.
+            mirrored += drew_flip as usize;
+            let row_mirror: Vec<u8> = want
+                .chunks(16 * 3)
+                .flat_map(|row| row.chunks(3).rev().flatten().copied().collect::<Vec<_>>())
+                .collect();
+            let expected = if drew_flip { &row_mirror } else { &want };
+            assert_eq!(&f.pixels[at], &expected[..]);
+        }
+    }
+    assert!(mirrored > 5, "only {mirrored} flips drawn");
+}
+
+#[test]
+fn colour_jitter_and_grayscale_follow_the_crop_as_documented() {
+    use dml::data::color::{apply_jitter, to_grayscale, ColorJitter};
+    let dir = tempfile::tempdir().unwrap();
+    let ds = tiny_dataset(dir.path());
+    let jitter = ColorJitter {
+        brightness: 0.4,
+        contrast: 0.4,
+        saturation: 0.4,
+        hue: 0.1,
+    };
+    let opts = TrainLoaderOptions {
+        color_jitter: jitter,
+        grayscale_p: 0.3,
+        ..options(2, 2, 0, 1)
+    };
+    let mut grey = 0;
+    for batch in collect(&ds, opts, 0, 4) {
+        for (pos, &idx) in batch.indices.iter().enumerate() {
+            let img = ds.image(idx);
+            let mut rng = SplitMix64::keyed(&[77, batch.step, pos as u64]);
+            let p = random_resized_crop_params(
+                &mut rng,
+                img.height,
+                img.width,
+                [0.3, 1.0],
+                [0.75, 4.0 / 3.0],
+            );
+            let mut want = resized_crop(img.pixels, img.height, img.width, &p, 16);
+            apply_jitter(&mut want, &jitter.draw(&mut rng));
+            if rng.next_f64() < 0.3 {
+                to_grayscale(&mut want);
+                grey += 1;
+            }
+            assert_eq!(&batch.pixels[pos * 768..(pos + 1) * 768], &want[..]);
+        }
+    }
+    assert!(grey > 0, "no crop turned grey");
 }

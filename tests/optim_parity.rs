@@ -553,3 +553,36 @@ fn swa_state_round_trip_and_schedule() {
     assert_eq!(on, vec![10, 15, 20]);
     assert!(!Swa::should_average(&SwaConfig { start: 0, every: 1 }, 5));
 }
+
+#[test]
+fn gradient_clipping_matches_torch_clip_grad_norm() {
+    // Oracle: torch.nn.utils.clip_grad_norm_ (tools/make_clip_fixtures.py, tests/fixtures/clip).
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip");
+    for (tag, tolerance) in [("f32", 1e-6), ("f64", 1e-14)] {
+        let fx: HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.join(format!("clip_{tag}.safetensors")))
+                .unwrap()
+                .into_iter()
+                .collect();
+        for c in 0..2 {
+            let grads: Vec<Tensor> = (0..4).map(|i| fx[&format!("grad.{i}")].copy()).collect();
+            let max_norm = f64s(&fx[&format!("max_norm.{c}")])[0];
+            let norm = dml::train::step::clip_grad_norm(&grads, max_norm).unwrap();
+            let want = fx[&format!("norm.{c}")]
+                .to_kind(tch::Kind::Double)
+                .double_value(&[0]);
+            assert!(
+                (norm - want).abs() <= tolerance * want,
+                "{tag} max_norm {max_norm}: norm {norm} vs torch {want}"
+            );
+            for (i, g) in grads.iter().enumerate() {
+                let d = rel_diff(g, &fx[&format!("clipped.{c}.{i}")]);
+                assert!(d <= tolerance, "{tag} max_norm {max_norm} grad {i}: {d}");
+            }
+            // Not clipping leaves the gradients bit for bit.
+            if max_norm > want {
+                assert!(bit_equal(&grads[0], &fx["grad.0"]));
+            }
+        }
+    }
+}

@@ -413,3 +413,21 @@ fn all_unreadable_is_an_error_and_formats_parse() {
     assert_eq!(shorter_side(3, 2, 16), (24, 16));
     assert_eq!(shorter_side(10, 10, 16), (16, 16));
 }
+
+#[test]
+fn an_image_too_elongated_for_the_format_is_listed_as_unreadable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+    image_folder_tree(&src);
+    // 3000 × 1 at shorter side 16 would be stored 48000 wide, above MAX_SIDE (32768).
+    let strip = src.join("a_cls/strip.png");
+    image(&strip, 3000, 1, [1, 2, 3]);
+    let report = prepare(SourceFormat::ImageFolder, &src, &out, SIZE).unwrap();
+    let listed = report
+        .unreadable
+        .iter()
+        .find(|u| u.path == strip)
+        .expect("the strip is listed");
+    assert!(listed.reason.contains("16×48000"), "{}", listed.reason);
+    assert_eq!(open(&out, "train").len(), 6);
+}

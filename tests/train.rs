@@ -142,6 +142,31 @@ fn a_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     assert!(run.join("checkpoints/step-1/model.safetensors").exists());
     assert!(!run.join("checkpoints/step-2").exists());
     assert!(!run.join("model.safetensors").exists());
+    assert!(
+        err.contains(&format!(
+            "the newest checkpoint, {}, is kept",
+            run.join("checkpoints/step-1").display()
+        )),
+        "{err}"
+    );
+    // Without checkpoints the message says so.
+    let fresh = tmp.path().join("fresh");
+    let out = dml()
+        .env("OMP_NUM_THREADS", "1")
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args([
+            "--set",
+            "optim.lr=1e38",
+            "--set",
+            "train.checkpoint_every=0",
+        ])
+        .arg("--out")
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no checkpoint was written yet"), "{err}");
 }
 
 #[test]
@@ -466,4 +491,160 @@ fn plain_progress_and_validation_lines_under_mpirun() {
         vals[0]
     );
     assert!(vals[1].starts_with("val step 5  P@1 "), "{}", vals[1]);
+}
+
+#[test]
+fn a_damaged_image_stops_training_naming_the_file_and_the_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 16, 6, 36);
+    // One flipped byte in every record's pixels: the header and index still check out,
+    // so the file opens and the first batch meets a damaged record.
+    let train = data.join("train.dmlds");
+    let ds = Dataset::open(&train).unwrap();
+    let offsets: Vec<usize> = (0..ds.len())
+        .map(|i| ds.image(i).pixels.as_ptr() as usize - ds.image(0).pixels.as_ptr() as usize)
+        .collect();
+    let first = dml::data::format::PAGE as usize;
+    drop(ds);
+    let mut bytes = std::fs::read(&train).unwrap();
+    for o in offsets {
+        bytes[first + o] ^= 0x10;
+    }
+    std::fs::write(&train, bytes).unwrap();
+    let cfg = small_config(tmp.path(), &data, "");
+    let mut c = dml();
+    c.args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(tmp.path().join("run"));
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&train.display().to_string()), "{err}");
+    assert!(
+        err.contains("is damaged") && err.contains("re-create the file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_run_on_a_directory_in_use_fails_at_once_naming_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 8, 6, 36);
+    let cfg = small_config(tmp.path(), &data, "");
+    let run = tmp.path().join("run");
+    let mut first = dml()
+        .env("OMP_NUM_THREADS", "1")
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args(["--set", "train.steps=100000", "--out"])
+        .arg(&run)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first run holds the lock once its first checkpoint is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !run.join("checkpoints/step-3").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let holder = format!("dml pid {}", first.id());
+    for second in [
+        vec![
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        vec!["train", "--resume", run.to_str().unwrap()],
+    ] {
+        let t = std::time::Instant::now();
+        let out = dml().args(&second).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("is in use by") && err.contains(&holder),
+            "{err}"
+        );
+        assert!(t.elapsed().as_secs_f64() < 20.0, "took {:?}", t.elapsed());
+    }
+    // The lock dies with its process: a killed run can be resumed.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut c = dml();
+    c.args(["train", "--resume"])
+        .arg(&run)
+        .args(["--set", "train.steps=1"]);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("is in use"), "{err}");
+}
+
+#[test]
+fn exploding_weights_warn_and_clipping_keeps_one_and_two_ranks_equal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 8, 6, 36);
+    let cfg = small_config(tmp.path(), &data, "log_every = 1");
+    // Adam moves every weight by about lr per step: at lr 10 the trunk's norm grows
+    // ~200× in one step while the normalised embeddings keep that step's loss finite
+    // (the next one is NaN).
+    let blown = tmp.path().join("blown");
+    let mut c = dml();
+    c.args(["train", "--config"])
+        .arg(&cfg)
+        .args(["--set", "optim.lr=10", "--set", "train.steps=1", "--out"])
+        .arg(&blown);
+    let out = ok(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: step 1: the weights' norm"), "{err}");
+    let lines = metrics(&blown);
+    assert!(lines[0]["weight_growth"].as_f64().unwrap() >= 100.0);
+    assert!(lines[0]["warning"].is_string());
+    // A sane run measures the norms and does not warn.
+    let sane = tmp.path().join("sane");
+    let mut c = dml();
+    c.args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&sane);
+    let out = ok(c);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+    for l in metrics(&sane) {
+        assert!(l["weight_growth"].as_f64().unwrap() < 1.5, "{l}");
+        assert!(l["grad_norm"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l.get("warning").is_none());
+    }
+
+    // Clipping to a norm far below the gradients': the reported (pre-clip) norms and the
+    // trained weights agree between 1 and 2 ranks in float64.
+    let f64_cfg = small_config(tmp.path(), &data, "precision = \"f64\"\nlog_every = 1");
+    let sets = [
+        "train.max_grad_norm=0.01",
+        "optim.eps=1e-6",
+        "train.steps=4",
+    ];
+    let (w1, w2) = (tmp.path().join("c1"), tmp.path().join("c2"));
+    train(1, &f64_cfg, &w1, &sets);
+    train(2, &f64_cfg, &w2, &sets);
+    let diff = model_diff(&w1, &w2);
+    assert!(diff <= 1e-9, "clipped runs differ by {diff}");
+    for (a, b) in metrics(&w1).iter().zip(metrics(&w2).iter()) {
+        let (ga, gb) = (
+            a["grad_norm"].as_f64().unwrap(),
+            b["grad_norm"].as_f64().unwrap(),
+        );
+        assert!(ga > 0.01, "the gradients should need clipping: {ga}");
+        assert!((ga - gb).abs() <= 1e-9 * ga, "grad_norm {ga} vs {gb}");
+    }
+    // Clipping changed the training.
+    let unclipped = tmp.path().join("u1");
+    train(1, &f64_cfg, &unclipped, &sets[1..]);
+    assert!(model_diff(&w1, &unclipped) > 1e-6);
 }

@@ -104,6 +104,50 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     diff / b.abs().max().double_value(&[]).max(1e-30)
 }
 
+/// Torchvision-normalised RGB whose Caffe conversion (BGR in [0, 255] minus
+/// (104, 117, 128)) is `bgr`: the inverse of `BnInception::convert_input`, in float64.
+fn from_caffe_bgr(bgr: &Tensor) -> Tensor {
+    let mean = [0.485, 0.456, 0.406];
+    let std = [0.229, 0.224, 0.225];
+    let caffe = [104.0, 117.0, 128.0];
+    let x = bgr.to_kind(Kind::Double).flip([1]);
+    let channel = |c: usize| {
+        // RGB channel c was BGR channel 2 − c.
+        ((x.narrow(1, c as i64, 1) + caffe[2 - c]) / 255.0 - mean[c]) / std[c]
+    };
+    Tensor::cat(&[channel(0), channel(1), channel(2)], 1).to_kind(bgr.kind())
+}
+
+#[test]
+fn bninception_sees_caffe_bgr_from_the_loaders_pixels() {
+    // Pixels through the loader's normalisation, then the trunk's conversion: BGR in
+    // [0, 255] minus (104, 117, 128), what the ported ImageNet weights expect.
+    let pixels: Vec<u8> = (0..2 * 5 * 5 * 3).map(|i| (i * 37 % 256) as u8).collect();
+    let batch = dml::data::loader::Batch {
+        step: 0,
+        pixels: pixels.clone(),
+        labels: vec![0, 1],
+        indices: vec![0, 1],
+        size: 5,
+        images: None,
+    };
+    let normalised = batch.to_tensor(tch::Device::Cpu, Kind::Double);
+    let x = Tensor::from_slice(&pixels)
+        .view([2, 5, 5, 3])
+        .permute([0, 3, 1, 2])
+        .to_kind(Kind::Double);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let trunk = dml::model::trunk::build(&(vs.root() / "trunk"), "bninception", 2).unwrap();
+    let got = trunk.convert_input(&normalised);
+    let caffe = Tensor::from_slice(&[104.0, 117.0, 128.0]).view([1, 3, 1, 1]);
+    let want = x.flip([1]) - caffe;
+    let err = (&got - &want).abs().max().double_value(&[]);
+    assert!(err <= 1e-9, "BGR conversion off by {err}");
+    // The torchvision trunks take the normalised images as they are.
+    let resnet = dml::model::trunk::build(&(vs.root() / "r"), "resnet18", 2).unwrap();
+    assert!(resnet.convert_input(&normalised).equal(&normalised));
+}
+
 fn parity(arch: &str, size: i64, last_stride: usize, kind: Kind) {
     tch::set_num_threads(1);
     let case = CASES.iter().find(|c| c.0 == arch).unwrap();
@@ -113,13 +157,19 @@ fn parity(arch: &str, size: i64, last_stride: usize, kind: Kind) {
     let model = new_model(&cfg(arch, &w, last_stride), kind, 7).unwrap();
     let fx = read(&f);
     let want = &fx["features"];
-    let got = tch::no_grad(|| model.feature_map(&fx["input"].to_kind(kind), false));
+    // The model takes torchvision-normalised images and converts them to its trunk's
+    // convention; the fixture's input is already in that convention.
+    let input = match arch {
+        "bninception" => from_caffe_bgr(&fx["input"]),
+        _ => fx["input"].shallow_clone(),
+    };
+    let got = tch::no_grad(|| model.feature_map(&input.to_kind(kind), false));
     assert_eq!(got.size(), want.size(), "{arch}: feature map shape");
     assert_eq!(got.kind(), kind);
     let err = rel_err(&got, want);
     assert!(err <= 1e-4, "{arch}: relative error {err:e}");
     // head = pool: the embedding is the global average of that map.
-    let pooled = tch::no_grad(|| model.forward(&fx["input"].to_kind(kind), false));
+    let pooled = tch::no_grad(|| model.forward(&input.to_kind(kind), false));
     assert_eq!(model.embedding_dim() as i64, want.size()[1]);
     let err = rel_err(&pooled, &want.mean_dim(&[2i64, 3][..], false, Kind::Float));
     assert!(err <= 1e-4, "{arch}: pooled relative error {err:e}");

@@ -246,14 +246,6 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                         threads.reason
                     );
                 }
-                if !resuming && comm.rank() == 0 && !dml::train::checkpoint::list(&run)?.is_empty()
-                {
-                    bail!(
-                        "{} already holds checkpoints: use --resume {} or another --out",
-                        run.display(),
-                        run.display()
-                    );
-                }
                 dml::sys::install_stop_handlers().map_err(anyhow::Error::msg)?;
                 match dml::train::run(&cfg, comm, &run, resuming)? {
                     RunEnd::Finished(steps) if comm.rank() == 0 => eprintln!(

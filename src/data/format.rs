@@ -1,22 +1,30 @@
 //! The `.dmlds` dataset file: one file per split, memory-mapped and shared by every
 //! rank on a node through the page cache.
 //!
-//! Layout (all integers little-endian):
+//! Layout of version 2 (all integers little-endian; `docs/dmlds.md` byte by byte):
 //!
 //! ```text
-//! 0      preamble (64 bytes): magic "DMLDS\0\r\n", version u32, meta_crc u32
+//! 0      preamble (80 bytes): magic "DMLDS\0\r\n", version u32, meta_crc u32
 //!        (CRC-32 of the JSON metadata), count u64, index_offset u64,
-//!        labels_offset u64, meta_offset u64, meta_len u64, total_size u64
+//!        labels_offset u64, meta_offset u64, meta_len u64, total_size u64,
+//!        crcs_offset u64, tables_crc u32 (CRC-32 of preamble bytes 0..72 followed by
+//!        the index, labels and record CRCs), 4 zero bytes
 //! 4096   pixel records, raw u8 HWC RGB, each starting on a 4096-byte page
 //! index  count × (offset u64, height u32, width u32)
 //! labels count × u32 (index into the metadata's class names)
+//! crcs   count × u32: CRC-32 of each record's pixel bytes
 //! meta   JSON metadata: class names, sources, preprocessing, CRC-32 of the records,
-//!        index and labels
+//!        index, labels and record CRCs
 //! ```
 //!
-//! Opening checks the magic, the version and every length against the file size, so a
-//! truncated, foreign, empty or inconsistent file is an [`Error::Dataset`] that names the
-//! file and the expected and actual sizes; [`Dataset::verify`] recomputes both CRC-32s.
+//! Version 1 (still read) has a 64-byte preamble and no `crcs` section.
+//!
+//! Opening refuses anything but a regular file, checks the magic, the version and every
+//! offset and length against the file size with checked arithmetic, the header, index
+//! and metadata CRC-32s, and every index entry (within the pixel section, sides at most
+//! [`MAX_SIDE`]); a defect is an [`Error::Dataset`] that names the file and the expected
+//! and actual sizes. [`Dataset::checked_image`] checks a record's CRC-32 each time it is
+//! read (the loaders use it); [`Dataset::verify`] recomputes every checksum.
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -27,11 +35,17 @@ use crate::error::{Error, Result};
 
 /// The file's first eight bytes.
 pub const MAGIC: &[u8; 8] = b"DMLDS\0\r\n";
-/// The format version this build reads and writes.
-pub const VERSION: u32 = 1;
+/// The format version this build writes (it also reads version 1).
+pub const VERSION: u32 = 2;
+/// The longest side a record may have (a sanity limit: `dml prepare` stores the shorter
+/// side at `--size`).
+pub const MAX_SIDE: u32 = 1 << 15;
 /// Records start on multiples of this many bytes.
 pub const PAGE: u64 = 4096;
 const PREAMBLE_LEN: usize = 64;
+const PREAMBLE_V2_LEN: usize = 80;
+/// Bytes of the version 2 preamble that `tables_crc` covers (all before it).
+const TABLES_CRC_AT: usize = 72;
 const INDEX_ENTRY_LEN: u64 = 16;
 
 /// The JSON metadata stored in every dataset file.
@@ -69,8 +83,11 @@ struct IndexEntry {
 }
 
 impl IndexEntry {
-    fn len(&self) -> u64 {
-        self.height as u64 * self.width as u64 * 3
+    /// `height × width × 3`, or `None` where that overflows.
+    fn len(&self) -> Option<u64> {
+        (self.height as u64)
+            .checked_mul(self.width as u64)
+            .and_then(|hw| hw.checked_mul(3))
     }
 }
 
@@ -91,7 +108,20 @@ pub struct DatasetWriter {
     pos: u64,
     index: Vec<IndexEntry>,
     labels: Vec<u32>,
+    record_crcs: Vec<u32>,
     crc: crc32fast::Hasher,
+    /// Set once `PATH.tmp` is renamed into place; until then dropping removes it.
+    finished: bool,
+}
+
+impl Drop for DatasetWriter {
+    /// A writer dropped before [`DatasetWriter::finish`] succeeded (an error while
+    /// preparing) leaves no `PATH.tmp` behind.
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl DatasetWriter {
@@ -109,7 +139,9 @@ impl DatasetWriter {
             pos: PAGE,
             index: Vec::new(),
             labels: Vec::new(),
+            record_crcs: Vec::new(),
             crc: crc32fast::Hasher::new(),
+            finished: false,
         })
     }
 
@@ -130,17 +162,27 @@ impl DatasetWriter {
             height,
             width,
         };
-        if height == 0 || width == 0 || pixels.len() as u64 != entry.len() {
+        if height > MAX_SIDE || width > MAX_SIDE {
             return Err(Error::dataset(
                 &self.path,
                 format!(
-                    "record {} has {} bytes, expected {height}×{width}×3 = {}",
-                    self.index.len(),
-                    pixels.len(),
-                    entry.len()
+                    "record {} is {height}×{width}; a side may be at most {MAX_SIDE} pixels",
+                    self.index.len()
                 ),
             ));
         }
+        let len = entry.len().unwrap_or(u64::MAX);
+        if height == 0 || width == 0 || pixels.len() as u64 != len {
+            return Err(Error::dataset(
+                &self.path,
+                format!(
+                    "record {} has {} bytes, expected {height}×{width}×3 = {len}",
+                    self.index.len(),
+                    pixels.len(),
+                ),
+            ));
+        }
+        self.record_crcs.push(crc32fast::hash(pixels));
         self.write(pixels)?;
         let pad = (PAGE - self.pos % PAGE) % PAGE;
         self.write(&vec![0u8; pad as usize])?;
@@ -200,6 +242,13 @@ impl DatasetWriter {
         let labels_offset = self.pos;
         let label_bytes: Vec<u8> = self.labels.iter().flat_map(|l| l.to_le_bytes()).collect();
         self.write(&label_bytes)?;
+        let crcs_offset = self.pos;
+        let crc_bytes: Vec<u8> = self
+            .record_crcs
+            .iter()
+            .flat_map(|c| c.to_le_bytes())
+            .collect();
+        self.write(&crc_bytes)?;
         meta.checksum = self.crc.clone().finalize();
         let meta_offset = self.pos;
         let json = serde_json::to_vec(&meta)
@@ -208,7 +257,7 @@ impl DatasetWriter {
             .write_all(&json)
             .map_err(|e| Error::io(&self.tmp, e))?;
         let total = meta_offset + json.len() as u64;
-        let mut pre = Vec::with_capacity(PREAMBLE_LEN);
+        let mut pre = Vec::with_capacity(PREAMBLE_V2_LEN);
         pre.extend_from_slice(MAGIC);
         pre.extend_from_slice(&VERSION.to_le_bytes());
         pre.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
@@ -219,18 +268,26 @@ impl DatasetWriter {
             meta_offset,
             json.len() as u64,
             total,
+            crcs_offset,
         ] {
             pre.extend_from_slice(&v.to_le_bytes());
         }
-        let mut file = self
-            .out
-            .into_inner()
-            .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        let mut tables = crc32fast::Hasher::new();
+        tables.update(&pre);
+        for part in [&index_bytes, &label_bytes, &crc_bytes] {
+            tables.update(part);
+        }
+        pre.extend_from_slice(&tables.finalize().to_le_bytes());
+        pre.extend_from_slice(&[0u8; 4]);
+        self.out.flush().map_err(|e| Error::io(&self.tmp, e))?;
+        let file = self.out.get_mut();
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&pre))
             .and_then(|_| file.sync_all())
             .map_err(|e| Error::io(&self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.finished = true;
+        Ok(())
     }
 }
 
@@ -247,7 +304,10 @@ pub struct Dataset {
     map: memmap2::Mmap,
     index: Vec<IndexEntry>,
     labels: Vec<u32>,
+    /// CRC-32 of each record's pixels (empty for version 1 files).
+    record_crcs: Vec<u32>,
     meta: Metadata,
+    version: u32,
     body_end: u64,
     meta_crc: u32,
 }
@@ -285,6 +345,20 @@ impl Dataset {
     /// where sizes are involved, the expected and the actual size.
     pub fn open(path: &Path) -> Result<Self> {
         let bad = |msg: String| Error::dataset(path, msg);
+        // Before opening: opening a FIFO would block until a writer appears.
+        let kind = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if kind.is_dir() {
+            return Err(bad(
+                "is a directory, not a dataset file; give the .dmlds file in it (e.g. DIR/train.dmlds)"
+                    .into(),
+            ));
+        }
+        if !kind.is_file() {
+            return Err(bad(
+                "is not a regular file (a FIFO, socket or device); dml maps dataset files into memory: give the .dmlds file itself"
+                    .into(),
+            ));
+        }
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if size == 0 {
@@ -307,9 +381,14 @@ impl Dataset {
             )));
         }
         let version = le_u32(pre, 8);
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(bad(format!(
-                "format version {version}, this dml reads version {VERSION}; re-create the file with this dml's `dml prepare`"
+                "format version {version}, this dml reads versions 1 and {VERSION}; re-create the file with this dml's `dml prepare`"
+            )));
+        }
+        if version >= 2 && size < PREAMBLE_V2_LEN as u64 {
+            return Err(bad(format!(
+                "the file is {size} bytes, shorter than the {PREAMBLE_V2_LEN}-byte header of version {version}: truncated; re-create it"
             )));
         }
         let meta_crc = le_u32(pre, 12);
@@ -321,11 +400,17 @@ impl Dataset {
         let total = le_u64(pre, 56);
         if total != size {
             let section = if size < total {
+                // Version 1 has no record CRCs: their section is empty.
+                let crcs = match version {
+                    1 => meta_offset,
+                    _ => le_u64(&map, 64),
+                };
                 let at = [
                     (PAGE, "header page"),
                     (index_offset, "pixel records"),
                     (labels_offset, "index"),
-                    (meta_offset, "labels"),
+                    (crcs, "labels"),
+                    (meta_offset, "record CRCs"),
                     (total, "metadata"),
                 ]
                 .iter()
@@ -342,9 +427,23 @@ impl Dataset {
                 "expected {total} bytes (from its header), found {size}: {section}; re-create it"
             )));
         }
+        // Version 1 has no record CRCs: its (empty) section ends where the labels do.
+        let crcs_offset = match version {
+            1 => count
+                .checked_mul(4)
+                .and_then(|n| labels_offset.checked_add(n)),
+            _ => Some(le_u64(&map, 64)),
+        };
+        let crcs_len = if version == 1 { 0 } else { 4 };
+        let ends = |start: Option<u64>, per: u64| {
+            count
+                .checked_mul(per)
+                .and_then(|n| start.and_then(|s| s.checked_add(n)))
+        };
         let consistent = index_offset >= PAGE
-            && count.checked_mul(INDEX_ENTRY_LEN) == labels_offset.checked_sub(index_offset)
-            && count.checked_mul(4) == meta_offset.checked_sub(labels_offset)
+            && ends(Some(index_offset), INDEX_ENTRY_LEN) == Some(labels_offset)
+            && ends(Some(labels_offset), 4) == crcs_offset
+            && ends(crcs_offset, crcs_len) == Some(meta_offset)
             && meta_offset.checked_add(meta_len) == Some(total);
         if !consistent {
             return Err(bad(format!(
@@ -358,47 +457,78 @@ impl Dataset {
                 "the file holds no images ({size} bytes); re-create it from a non-empty source"
             )));
         }
-        let meta: Metadata =
-            serde_json::from_slice(&map[meta_offset as usize..(meta_offset + meta_len) as usize])
-                .map_err(|e| {
-                    bad(format!(
-                        "metadata ({meta_len} bytes at {meta_offset}) is not valid JSON: {e}; the file is corrupt"
-                    ))
-                })?;
+        // Every offset now lies within the file.
+        let (index_at, labels_at, meta_at) = (
+            index_offset as usize,
+            labels_offset as usize,
+            meta_offset as usize,
+        );
+        let crcs_at = crcs_offset.unwrap_or(meta_offset) as usize;
+        if version >= 2 {
+            let stored = le_u32(&map, TABLES_CRC_AT);
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&map[..TABLES_CRC_AT]);
+            crc.update(&map[index_at..meta_at]);
+            let got = crc.finalize();
+            if got != stored {
+                return Err(bad(format!(
+                    "checksum mismatch in the header, index, labels or record CRCs: stored {stored:08x}, computed {got:08x}; the file is corrupt, re-create it"
+                )));
+            }
+        }
+        let got = crc32fast::hash(&map[meta_at..]);
+        if got != meta_crc {
+            return Err(bad(format!(
+                "checksum mismatch in the metadata: stored {meta_crc:08x}, computed {got:08x}; the file is corrupt, re-create it"
+            )));
+        }
+        let meta: Metadata = serde_json::from_slice(&map[meta_at..]).map_err(|e| {
+            bad(format!(
+                "metadata ({meta_len} bytes at {meta_offset}) is not valid JSON: {e}; the file is corrupt"
+            ))
+        })?;
         if !meta.sources.is_empty() && meta.sources.len() as u64 != count {
             return Err(bad(format!(
                 "metadata lists {} source paths for {count} images; the file is corrupt",
                 meta.sources.len()
             )));
         }
-        let mut index = Vec::with_capacity(count as usize);
-        let mut labels = Vec::with_capacity(count as usize);
+        let count = count as usize;
+        let mut index = Vec::with_capacity(count);
+        let mut labels = Vec::with_capacity(count);
         let mut prev_end = PAGE;
-        for i in 0..count as usize {
-            let at = index_offset as usize + i * INDEX_ENTRY_LEN as usize;
+        for i in 0..count {
+            let at = index_at + i * INDEX_ENTRY_LEN as usize;
             let e = IndexEntry {
                 offset: le_u64(&map, at),
                 height: le_u32(&map, at + 8),
                 width: le_u32(&map, at + 12),
             };
-            let end = e.offset.checked_add(e.len());
-            if e.offset < prev_end
-                || e.offset % PAGE != 0
-                || e.height == 0
-                || e.width == 0
-                || end.is_none_or(|end| end > index_offset)
-            {
+            let end = e.len().and_then(|len| e.offset.checked_add(len));
+            let fits = match end {
+                Some(end) => {
+                    e.offset >= prev_end
+                        && e.offset % PAGE == 0
+                        && e.height > 0
+                        && e.width > 0
+                        && e.height <= MAX_SIDE
+                        && e.width <= MAX_SIDE
+                        && end <= index_offset
+                }
+                None => false,
+            };
+            let Some(end) = end.filter(|_| fits) else {
                 return Err(bad(format!(
-                    "index entry {i} is inconsistent: a {}×{}×3 record ({} bytes) at byte {} does not fit the pixel section [{prev_end}, {index_offset}) on a {PAGE}-byte page; the file is corrupt",
+                    "index entry {i} is inconsistent: a {}×{}×3 record ({}) at byte {} does not fit the pixel section [{prev_end}, {index_offset}) on a {PAGE}-byte page with sides of at most {MAX_SIDE}; the file is corrupt",
                     e.height,
                     e.width,
-                    e.len(),
+                    e.len().map_or("more than 2^64 bytes".into(), |n| format!("{n} bytes")),
                     e.offset
                 )));
-            }
-            prev_end = e.offset + e.len();
+            };
+            prev_end = end;
             index.push(e);
-            let label = le_u32(&map, labels_offset as usize + i * 4);
+            let label = le_u32(&map, labels_at + i * 4);
             if label as usize >= meta.class_names.len() {
                 return Err(bad(format!(
                     "record {i} has label {label} but the metadata names {} classes; the file is corrupt",
@@ -407,12 +537,18 @@ impl Dataset {
             }
             labels.push(label);
         }
+        let record_crcs = match version {
+            1 => Vec::new(),
+            _ => (0..count).map(|i| le_u32(&map, crcs_at + 4 * i)).collect(),
+        };
         Ok(Dataset {
             path: path.to_path_buf(),
             map,
             index,
             labels,
+            record_crcs,
             meta,
+            version,
             body_end: meta_offset,
             meta_crc,
         })
@@ -453,14 +589,61 @@ impl Dataset {
         &self.meta
     }
 
-    /// Pixels of image `i` (panics if `i >= len()`).
+    /// Pixels of image `i` (panics if `i >= len()`), unchecked; see
+    /// [`Dataset::checked_image`].
     pub fn image(&self, i: usize) -> ImageRef<'_> {
         let e = self.index[i];
+        let (h, w) = (e.height as usize, e.width as usize);
+        let start = e.offset as usize;
         ImageRef {
-            pixels: &self.map[e.offset as usize..(e.offset + e.len()) as usize],
-            height: e.height as usize,
-            width: e.width as usize,
+            // Bounded by `open`: the record lies within the pixel section.
+            pixels: &self.map[start..start + h * w * 3],
+            height: h,
+            width: w,
         }
+    }
+
+    /// Pixels of image `i`, checked against the record's CRC-32 (version 2 files; a
+    /// version 1 file has none to check). An index out of range or a damaged record is
+    /// an error naming the file, the image and its source.
+    ///
+    /// ```no_run
+    /// let ds = dml::data::format::Dataset::open("train.dmlds".as_ref())?;
+    /// let img = ds.checked_image(0)?;
+    /// # Ok::<(), dml::Error>(())
+    /// ```
+    pub fn checked_image(&self, i: usize) -> Result<ImageRef<'_>> {
+        if i >= self.len() {
+            return Err(Error::Input(format!(
+                "image index {i} is out of range for {}, which has {} images",
+                self.path.display(),
+                self.len()
+            )));
+        }
+        let img = self.image(i);
+        if let Some(&stored) = self.record_crcs.get(i) {
+            let got = crc32fast::hash(img.pixels);
+            if got != stored {
+                return Err(Error::dataset(&self.path, self.damaged(i, stored, got)));
+            }
+        }
+        Ok(img)
+    }
+
+    /// The message for a record whose pixels do not match their CRC-32.
+    fn damaged(&self, i: usize, stored: u32, got: u32) -> String {
+        let source = match self.meta.sources.get(i) {
+            Some(s) => format!(" ({s})"),
+            None => String::new(),
+        };
+        format!(
+            "image {i}{source} is damaged: its pixels have CRC-32 {got:08x}, the file recorded {stored:08x}; re-create the file (dml prepare)"
+        )
+    }
+
+    /// The format version of the file (1 or 2).
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// Total bytes on disk.
@@ -483,9 +666,10 @@ impl Dataset {
             .map(String::as_str)
     }
 
-    /// Recomputes the CRC-32 of the records, index and labels, and of the JSON metadata,
-    /// and compares them with the stored ones; a mismatch is an [`Error::Dataset`] that
-    /// names the file and the part that differs.
+    /// Recomputes the CRC-32 of the JSON metadata, of every record (version 2), and of
+    /// the whole body (records with their padding, index, labels and record CRCs), and
+    /// compares them with the stored ones; a mismatch is an [`Error::Dataset`] that names
+    /// the file and the part (or the image) that differs.
     ///
     /// ```no_run
     /// let ds = dml::data::format::Dataset::open("train.dmlds".as_ref())?;
@@ -493,6 +677,22 @@ impl Dataset {
     /// # Ok::<(), dml::Error>(())
     /// ```
     pub fn verify(&self) -> Result<()> {
+        let got = crc32fast::hash(&self.map[self.body_end as usize..]);
+        if got != self.meta_crc {
+            return Err(Error::dataset(
+                &self.path,
+                format!(
+                    "checksum mismatch in the metadata: stored {:08x}, computed {got:08x}; the file is corrupt, re-create it",
+                    self.meta_crc
+                ),
+            ));
+        }
+        for (i, &stored) in self.record_crcs.iter().enumerate() {
+            let got = crc32fast::hash(self.image(i).pixels);
+            if got != stored {
+                return Err(Error::dataset(&self.path, self.damaged(i, stored, got)));
+            }
+        }
         let mut crc = crc32fast::Hasher::new();
         for chunk in self.map[PAGE as usize..self.body_end as usize].chunks(1 << 24) {
             crc.update(chunk);
@@ -504,16 +704,6 @@ impl Dataset {
                 format!(
                     "checksum mismatch in the pixel records, index or labels: stored {:08x}, computed {got:08x}; the file is corrupt, re-create it",
                     self.meta.checksum
-                ),
-            ));
-        }
-        let got = crc32fast::hash(&self.map[self.body_end as usize..]);
-        if got != self.meta_crc {
-            return Err(Error::dataset(
-                &self.path,
-                format!(
-                    "checksum mismatch in the metadata: stored {:08x}, computed {got:08x}; the file is corrupt, re-create it",
-                    self.meta_crc
                 ),
             ));
         }
@@ -573,8 +763,13 @@ pub fn info_report(ds: &Dataset) -> String {
         &ds.meta.preprocessing
     };
     format!(
-        "file           {}\nformat         dmlds version {VERSION}\nimages         {}\nclasses        {} ({}{more}); {} with images, {} images per class\nimage size     height {} × width {} (RGB u8 HWC)\npixel bytes    {}\nfile bytes     {} ({:.1} MiB)\npreprocessing  {preprocessing}\nchecksum       {:08x}",
+        "file           {}\nformat         dmlds version {}{}\nimages         {}\nclasses        {} ({}{more}); {} with images, {} images per class\nimage size     height {} × width {} (RGB u8 HWC)\npixel bytes    {}\nfile bytes     {} ({:.1} MiB)\npreprocessing  {preprocessing}\nchecksum       {:08x}",
         ds.path.display(),
+        ds.version,
+        match ds.version {
+            1 => " (no per-image checksums: re-create it with this dml to have damaged images detected while training)",
+            _ => "",
+        },
         ds.len(),
         ds.num_classes(),
         names.join(", "),

@@ -36,6 +36,13 @@ pub struct TrainLoaderOptions {
     pub crop_scale: [f64; 2],
     /// Aspect ratio range of the random resized crop.
     pub crop_ratio: [f64; 2],
+    /// Mirror each crop with probability ½ (`data.flip`). The crop itself is drawn the
+    /// same way either way.
+    pub flip: bool,
+    /// Colour jitter of each crop after the flip (`data.color_jitter`).
+    pub color_jitter: crate::data::color::ColorJitter,
+    /// Probability of turning a crop grey after the jitter (`data.grayscale_p`).
+    pub grayscale_p: f64,
     /// Worker threads (at least one is used).
     pub workers: usize,
     /// Batches buffered ahead of the consumer, across workers.
@@ -300,7 +307,8 @@ impl Drop for Pool {
 /// use dml::data::{format::Dataset, sampler::Sampler, loader::{TrainLoader, TrainLoaderOptions}};
 /// let ds = Arc::new(Dataset::open("train.dmlds".as_ref())?);
 /// let sampler = Sampler::new(ds.labels(), 8, 4, 0)?;
-/// let opts = TrainLoaderOptions { image_size: 224, crop_scale: [0.16, 1.0], crop_ratio: [0.75, 4.0 / 3.0],
+/// let opts = TrainLoaderOptions { image_size: 224, crop_scale: [0.16, 1.0], crop_ratio: [0.75, 4.0 / 3.0], flip: true,
+///     color_jitter: Default::default(), grayscale_p: 0.0,
 ///     workers: 4, prefetch: 4, seed: 0, rank: 0, world: 1, prepare: None };
 /// let mut loader = TrainLoader::new(ds, sampler, opts, 0, 100)?;
 /// while let Some(batch) = loader.try_next()? {
@@ -400,18 +408,26 @@ fn train_batch(
     let indices: Vec<usize> = global[slice.clone()].to_vec();
     let mut pixels = vec![0u8; indices.len() * per];
     for (i, (&idx, out)) in indices.iter().zip(pixels.chunks_exact_mut(per)).enumerate() {
-        check_index(ds, idx)?;
-        let img = ds.image(idx);
+        let img = ds.checked_image(idx)?;
         let position = (slice.start + i) as u64;
         let mut rng = SplitMix64::keyed(&[opts.seed, step, position]);
-        let p = random_resized_crop_params(
+        let mut p = random_resized_crop_params(
             &mut rng,
             img.height,
             img.width,
             opts.crop_scale,
             opts.crop_ratio,
         );
+        p.flip &= opts.flip;
         resized_crop_into(img.pixels, img.height, img.width, &p, s, out);
+        // Drawn after the crop, so that turning colour augmentation on or off leaves
+        // the crops as they were.
+        if !opts.color_jitter.is_off() {
+            crate::data::color::apply_jitter(out, &opts.color_jitter.draw(&mut rng));
+        }
+        if opts.grayscale_p > 0.0 && rng.next_f64() < opts.grayscale_p {
+            crate::data::color::to_grayscale(out);
+        }
     }
     let labels = ds.labels();
     Ok(Batch {
@@ -422,16 +438,6 @@ fn train_batch(
         size: s,
         images: None,
     })
-}
-
-fn check_index(ds: &Dataset, idx: usize) -> Result<()> {
-    match idx < ds.len() {
-        true => Ok(()),
-        false => Err(Error::Input(format!(
-            "image index {idx} is out of range for a dataset of {} images",
-            ds.len()
-        ))),
-    }
 }
 
 /// The evaluation loader: images `indices` in order, `batch_size` at a time (the last
@@ -504,8 +510,7 @@ fn eval_batch(
 ) -> Result<Batch> {
     let mut pixels = Vec::with_capacity(indices.len() * size * size * 3);
     for &idx in indices {
-        check_index(ds, idx)?;
-        let img = ds.image(idx);
+        let img = ds.checked_image(idx)?;
         pixels.extend(resize_center_crop(
             img.pixels, img.height, img.width, resize, size,
         ));

@@ -1,6 +1,7 @@
 //! Datasets: the memory-mapped file format, generated and prepared datasets, the
 //! distributed N×K sampler and the threaded loader.
 pub mod augment;
+pub mod color;
 pub mod format;
 pub mod loader;
 pub mod prepare;

@@ -295,6 +295,14 @@ fn write_split(
             })
             .collect();
         for (item, img) in chunk.iter().zip(decoded) {
+            let max = crate::data::format::MAX_SIDE;
+            let img = img.and_then(|(pixels, h, wd)| match h.max(wd) > max {
+                true => Err(format!(
+                    "stored at {h}×{wd}, a side above the format's {max} pixels (an aspect ratio above {}:1 at --size {size})",
+                    max / size.max(1)
+                )),
+                false => Ok((pixels, h, wd)),
+            });
             match img {
                 Ok((pixels, h, wd)) => {
                     w.push(&pixels, h, wd, item.class as u32)?;

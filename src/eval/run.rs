@@ -281,8 +281,8 @@ fn draw_grid(
     }
     let mut pixels = |i: usize| -> Result<(Vec<u8>, usize, usize)> {
         let img = match i < n {
-            true => query.data.image(i),
-            false => reference.data.image(i - n),
+            true => query.data.checked_image(i)?,
+            false => reference.data.checked_image(i - n)?,
         };
         Ok((img.pixels.to_vec(), img.height, img.width))
     };

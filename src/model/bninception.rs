@@ -4,12 +4,14 @@
 //! `inception_3a_1x1_bn`, …), so that its ImageNet weights import one to one
 //! (`tools/torchvision_to_safetensors.py --arch bninception --weights
 //! bn_inception-239d2248.pth`). Those weights expect BGR pixels in [0, 255] minus
-//! (104, 117, 128); dml's loader normalises RGB the torchvision way, so fine-tuning
-//! from them starts from shifted inputs. Reference: `tools/bninception.py`.
+//! (104, 117, 128) (Caffe's convention); [`Trunk::convert_input`] turns the loaders'
+//! torchvision-normalised RGB into exactly that, so the ported weights see the inputs
+//! they were trained on. Reference: `tools/bninception.py`.
 use tch::Tensor;
 
 use super::layers::{bn, conv, Bn, Conv, ConvInit, ConvOpts};
 use super::trunk::Trunk;
+use crate::data::loader::{IMAGENET_MEAN, IMAGENET_STD};
 use tch::nn;
 
 /// How an Inception block pools in its last branch.
@@ -177,4 +179,24 @@ impl Trunk for BnInception {
     fn batchnorm_prefixes(&self) -> Vec<String> {
         self.bns.clone()
     }
+
+    /// BGR in [0, 255] minus (104, 117, 128) from torchvision-normalised RGB:
+    /// `255·(x·std + mean) − caffe_mean`, channels reversed.
+    fn convert_input(&self, x: &Tensor) -> Tensor {
+        let (kind, device) = (x.kind(), x.device());
+        let per_channel = |v: [f64; 3]| {
+            Tensor::from_slice(&v)
+                .to_kind(kind)
+                .to_device(device)
+                .view([1, 3, 1, 1])
+        };
+        let [m, s] = [IMAGENET_MEAN, IMAGENET_STD].map(|v| [v[2], v[1], v[0]]);
+        let scale = per_channel(s.map(|v| 255.0 * v));
+        let shift = per_channel([0, 1, 2].map(|c| 255.0 * m[c] - CAFFE_MEAN_BGR[c]));
+        let bgr = x.flip([1]);
+        bgr * scale + shift
+    }
 }
+
+/// The per-channel means (B, G, R) the ported ImageNet weights subtract.
+pub const CAFFE_MEAN_BGR: [f64; 3] = [104.0, 117.0, 128.0];

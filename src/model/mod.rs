@@ -12,6 +12,7 @@ pub mod inception_v3;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod resnet;
+pub mod tensor_file;
 pub mod trunk;
 pub mod weights;
 
@@ -162,10 +163,7 @@ impl Model {
     /// `[b, 3, H, W]`, to be all-gathered (training step `step`, or evaluation).
     pub fn forward_local(&self, images: &Tensor, step: Option<u64>) -> Vec<Tensor> {
         let pass = self.pass(step);
-        let map = match self.channels_last {
-            true => self.trunk.forward(&channels_last(images), pass.bn_maps),
-            false => self.trunk.forward(images, pass.bn_maps),
-        };
+        let map = self.trunk.forward(&self.trunk_input(images), pass.bn_maps);
         self.head.local(&map, pass)
     }
 
@@ -187,11 +185,17 @@ impl Model {
     /// The trunk's average-pooled feature map `[B, C]` in evaluation mode (what Divide
     /// and Conquer clusters: the penultimate features, before the head).
     pub fn trunk_pooled(&self, images: &Tensor) -> Tensor {
-        let x = match self.channels_last {
-            true => channels_last(images),
-            false => images.shallow_clone(),
-        };
-        head::basic_avg_pool(&self.trunk.forward(&x, false))
+        head::basic_avg_pool(&self.trunk.forward(&self.trunk_input(images), false))
+    }
+
+    /// Normalised images in the trunk's own input convention
+    /// ([`trunk::Trunk::convert_input`]), channels-last if `model.channels_last`.
+    fn trunk_input(&self, images: &Tensor) -> Tensor {
+        let x = self.trunk.convert_input(images);
+        match self.channels_last {
+            true => channels_last(&x),
+            false => x,
+        }
     }
 
     /// Channels of the trunk's feature map.
@@ -209,7 +213,7 @@ impl Model {
     /// `train` as in [`Model::forward`].
     pub fn feature_map(&self, images: &Tensor, train: bool) -> Tensor {
         let bn_train = train && self.bn == BnMode::Train;
-        self.trunk.forward(images, bn_train)
+        self.trunk.forward(&self.trunk_input(images), bn_train)
     }
 
     /// Trainable parameters by name, sorted (the same order on every rank).
@@ -277,19 +281,12 @@ impl Model {
 
     /// Writes every variable to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let vars = self.named_variables();
-        let cpu: Vec<(String, Tensor)> = vars
-            .iter()
-            .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu)))
-            .collect();
-        Tensor::write_safetensors(&cpu, path)?;
-        Ok(())
+        tensor_file::write(path, &self.named_variables())
     }
 
     /// Loads every variable from a safetensors file written by [`Model::save`].
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let saved = Tensor::read_safetensors(path)
-            .map_err(|e| Error::Train(format!("cannot read weights {}: {e}", path.display())))?;
+        let saved = tensor_file::read(path)?;
         let saved: std::collections::HashMap<String, Tensor> = saved.into_iter().collect();
         tch::no_grad(|| -> Result<()> {
             for (name, t) in self.vs.variables() {

@@ -15,6 +15,12 @@ pub trait Trunk: std::fmt::Debug {
     fn out_channels(&self) -> usize;
     /// VarStore paths of every BatchNorm layer, e.g. `trunk.layer1.0.bn1`.
     fn batchnorm_prefixes(&self) -> Vec<String>;
+    /// The trunk's own input convention from images normalised the torchvision way
+    /// (RGB, `(x/255 − mean) / std` with ImageNet's statistics), which is what the
+    /// loaders produce for every trunk; torchvision trunks take them as they are.
+    fn convert_input(&self, x: &Tensor) -> Tensor {
+        x.shallow_clone()
+    }
 }
 
 /// Every trunk name [`build`] accepts (torchvision's model names, and `bninception`

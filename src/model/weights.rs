@@ -86,12 +86,8 @@ pub fn load_pretrained(
             path.display()
         )));
     }
-    let file = Tensor::read_safetensors(path).map_err(|e| {
-        Error::Config(format!(
-            "model.pretrained: cannot read {} as safetensors: {e}",
-            path.display()
-        ))
-    })?;
+    let file = super::tensor_file::read(path)
+        .map_err(|e| Error::Config(format!("model.pretrained: {e}")))?;
     let file: HashMap<String, Tensor> = file
         .into_iter()
         .filter(|(n, _)| !n.ends_with("num_batches_tracked"))

@@ -1,15 +1,17 @@
 //! Checkpoints: `RUN/checkpoints/step-N/` with the weights, the optimiser state, the SWA
 //! average (if any) and the loop state (step and sampler state; the loader's random
-//! numbers are a pure function of seed, step and position, so they need no state). Written by rank 0 to `step-N.tmp`, synced, then renamed, so a crash never
-//! leaves a half-written checkpoint; older ones beyond `train.keep_checkpoints` are pruned.
+//! numbers are a pure function of seed, step and position, so they need no state).
+//! Written by rank 0 to `step-N.tmp`; every file and the directory are synced, then it
+//! is renamed and the parent synced ([`publish_dir`]), so neither a crash nor a power
+//! loss leaves a half-written checkpoint; older ones beyond `train.keep_checkpoints` are
+//! pruned.
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
 use crate::data::sampler::SamplerState;
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{tensor_file, Model};
 use crate::optim::{Adam, Swa};
 
 /// Loop state stored beside the tensors.
@@ -45,26 +47,13 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     model.save(&tmp.join("model.safetensors"))?;
-    let opt: Vec<(String, Tensor)> = optim
-        .state()
-        .into_iter()
-        .map(|(n, t)| (n, t.to_device(tch::Device::Cpu)))
-        .collect();
-    Tensor::write_safetensors(&opt, tmp.join("optimizer.safetensors"))?;
+    tensor_file::write(&tmp.join("optimizer.safetensors"), &optim.state())?;
     if let Some(swa) = swa {
-        let avg: Vec<(String, Tensor)> = swa
-            .state()
-            .into_iter()
-            .map(|(n, t)| (n, t.to_device(tch::Device::Cpu)))
-            .collect();
-        Tensor::write_safetensors(&avg, tmp.join("swa.safetensors"))?;
+        tensor_file::write(&tmp.join("swa.safetensors"), &swa.state())?;
     }
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Train(e.to_string()))?;
     write_synced(&tmp.join("state.json"), json.as_bytes())?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    publish_dir(&tmp, &dir)?;
     let mut steps = list(run)?;
     steps.sort_unstable();
     while steps.len() > keep {
@@ -72,6 +61,37 @@ pub fn save(
         std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
     }
     Ok(())
+}
+
+/// Makes the finished temporary directory `tmp` durable and renames it to `dir`: every
+/// file in it and `tmp` itself are synced, a previous `dir` is replaced, and the parent
+/// directory is synced after the rename, so that a power loss leaves either the old
+/// state or the complete new one.
+pub fn publish_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(tmp).map_err(|e| Error::io(tmp, e))? {
+        let path = entry.map_err(|e| Error::io(tmp, e))?.path();
+        sync_path(&path)?;
+    }
+    sync_path(tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e))?;
+    sync_path(dir.parent().unwrap_or(Path::new(".")))
+}
+
+/// Syncs the finished file `tmp`, renames it to `path` and syncs the directory.
+pub fn publish_file(tmp: &Path, path: &Path) -> Result<()> {
+    sync_path(tmp)?;
+    std::fs::rename(tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_path(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Syncs a file, or a directory's entries, to disk.
+pub fn sync_path(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Writes `bytes` to `path` and syncs it to disk.
@@ -120,21 +140,17 @@ pub fn load_latest(
     let state: LoopState = serde_json::from_str(&text)
         .map_err(|e| Error::Train(format!("{}: {e}", dir.join("state.json").display())))?;
     model.load(&dir.join("model.safetensors"))?;
-    let opt = Tensor::read_safetensors(dir.join("optimizer.safetensors")).map_err(|e| {
-        Error::Train(format!(
-            "{}: {e}",
-            dir.join("optimizer.safetensors").display()
-        ))
-    })?;
+    let opt = tensor_file::read(&dir.join("optimizer.safetensors"))?;
     optim.load_state(&opt)?;
     if let Some(swa) = swa {
         let path = dir.join("swa.safetensors");
-        let avg = Tensor::read_safetensors(&path).map_err(|e| {
-            Error::Train(format!(
-                "{}: {e} (was the run started without swa.start?)",
+        if !path.is_file() {
+            return Err(Error::Train(format!(
+                "{} is missing: was the run started without swa.start?",
                 path.display()
-            ))
-        })?;
+            )));
+        }
+        let avg = tensor_file::read(&path)?;
         swa.load_state(&avg)?;
     }
     Ok(state)

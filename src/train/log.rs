@@ -147,6 +147,9 @@ impl RunLog {
         if let Some(line) = validation_line(&obj) {
             self.println(&line);
         }
+        if let Some(warning) = obj.get("warning").and_then(Value::as_str) {
+            self.println(&format!("warning: {warning}"));
+        }
         Ok(())
     }
 

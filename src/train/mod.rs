@@ -3,6 +3,7 @@
 pub mod bn_update;
 pub mod checkpoint;
 pub mod dnc;
+pub mod lock;
 pub mod log;
 pub mod lr_find;
 pub mod reality_check;
@@ -55,6 +56,10 @@ pub const EXIT_STOPPED: i32 = 75;
 /// # Ok(()) }
 /// ```
 pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<RunEnd> {
+    let _lock = match comm.rank() {
+        0 => Some(claim_run_dir(run, resume)?),
+        _ => None,
+    };
     let Setup {
         cfg,
         train,
@@ -71,12 +76,14 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
         optim: Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim),
         swa: (cfg.swa.start > 0).then(|| Swa::new(model.trainable())),
         validation,
+        weight_watch: None,
     };
     let (start, dnc_state) = match resume {
         true => lp.resume(run, &mut model, &sampler)?,
         false => (0, None),
     };
     broadcast_model(&model, comm)?;
+    lp.weight_watch = Some((weights_norm(&model)?, cfg.train.warn_weight_growth));
     if comm.rank() == 0 {
         std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
         checkpoint::write_synced(&run.join("config.toml"), cfg.to_toml()?.as_bytes())?;
@@ -102,7 +109,8 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
             let step = batch.step as usize + 1; // optimiser steps completed after this one
             let lr = learning_rate(&cfg.lr, cfg.optim.lr, step - 1);
             let slice = dnc::slice_of_step(&cfg.dnc, step - 1, slices);
-            let out = step::train_step(&env, &mut lp.optim, &batch, lr, step, slice)?;
+            let out = step::train_step(&env, &mut lp.optim, &batch, lr, step, slice)
+                .map_err(|e| with_checkpoint_note(e, run))?;
             loader.recycle(batch);
             let extra = lp.after_step(cfg, comm, run, &model, step, total, &out)?;
             log.step(step, out.loss, lr, cfg.global_batch(), extra)?;
@@ -128,10 +136,41 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
         }
     }
     if comm.rank() == 0 {
-        model.save(&run.join("model.safetensors"))?;
+        let tmp = run.join("model.safetensors.tmp");
+        model.save(&tmp)?;
+        checkpoint::publish_file(&tmp, &run.join("model.safetensors"))?;
     }
     comm.barrier()?;
     Ok(RunEnd::Finished(total))
+}
+
+/// Locks the run directory for this process; a new run (not `resume`) must not find
+/// checkpoints there.
+fn claim_run_dir(run: &Path, resume: bool) -> Result<lock::RunLock> {
+    let lock = lock::RunLock::acquire(run)?;
+    if !resume && !checkpoint::list(run)?.is_empty() {
+        return Err(Error::Input(format!(
+            "{} already holds checkpoints: use --resume {} or another --out",
+            run.display(),
+            run.display()
+        )));
+    }
+    Ok(lock)
+}
+
+/// A failed step's error with what is on disk: the newest checkpoint to resume from,
+/// or that there is none yet.
+fn with_checkpoint_note(e: Error, run: &Path) -> Error {
+    let Error::Train(msg) = e else { return e };
+    let newest = checkpoint::list(run).ok().and_then(|s| s.into_iter().max());
+    Error::Train(match newest {
+        Some(step) => format!(
+            "{msg}; the newest checkpoint, {}, is kept (dml train --resume {} continues from it)",
+            checkpoint::dir_for(run, step).display(),
+            run.display()
+        ),
+        None => format!("{msg}; no checkpoint was written yet"),
+    })
 }
 
 /// Whether any rank received a stop signal (an all-reduce of one flag, so that every
@@ -147,6 +186,9 @@ struct Loop {
     optim: Adam,
     swa: Option<Swa>,
     validation: Option<Validation>,
+    /// The weights' norm when this process started (or resumed) the run, and the growth
+    /// over it that the next warning waits for.
+    weight_watch: Option<(f64, f64)>,
 }
 
 impl Loop {
@@ -195,6 +237,14 @@ impl Loop {
                 "objective_s": out.objective_seconds,
             }),
         );
+        let every = cfg.train.log_every;
+        match out.grad_norm {
+            Some(norm) if every > 0 && (step % every == 0 || step == 1) => {
+                merge(&mut extra, self.watch_weights(cfg, model, step, norm)?)
+            }
+            Some(norm) => merge(&mut extra, json!({ "grad_norm": norm })),
+            None => {}
+        }
         let every = cfg.eval.every;
         if let Some(v) = self
             .validation
@@ -204,6 +254,38 @@ impl Loop {
             merge(&mut extra, v.run(model, comm, run, step)?);
         }
         Ok(extra)
+    }
+
+    /// `grad_norm` and `weight_norm` of a measured step, and the weights' growth since
+    /// the start with a warning each time it passes
+    /// `train.warn_weight_growth` and every further factor of 10 (a blow-up that has not
+    /// reached NaN yet).
+    fn watch_weights(
+        &mut self,
+        cfg: &Config,
+        model: &Model,
+        step: usize,
+        grad_norm: f64,
+    ) -> Result<serde_json::Value> {
+        let norm = weights_norm(model)?;
+        let limit = cfg.train.warn_weight_growth;
+        let (first, next) = *self.weight_watch.get_or_insert((norm, limit));
+        let growth = norm / first.max(f64::MIN_POSITIVE);
+        let mut fields = json!({
+            "grad_norm": grad_norm,
+            "weight_norm": norm,
+            "weight_growth": growth,
+        });
+        if limit > 0.0 && (growth >= next || !norm.is_finite() || !grad_norm.is_finite()) {
+            self.weight_watch = Some((first, growth.max(next) * 10.0));
+            merge(
+                &mut fields,
+                json!({ "warning": format!(
+                    "step {step}: the weights' norm is {norm:.3e}, {growth:.3e}× its {first:.3e} at the start (gradient norm {grad_norm:.3e}); the run may be diverging: lower optim.lr or set train.max_grad_norm"
+                ) }),
+            );
+        }
+        Ok(fields)
     }
 
     /// Rank 0 writes a checkpoint every `train.checkpoint_every` steps and at the end;
@@ -235,6 +317,12 @@ impl Loop {
     }
 }
 
+/// The L2 norm of all trainable weights together.
+fn weights_norm(model: &Model) -> Result<f64> {
+    let weights: Vec<tch::Tensor> = model.trainable().iter().map(|(_, p)| p.detach()).collect();
+    step::clip_grad_norm(&weights, 0.0)
+}
+
 /// Rank 0's weights and buffers on every rank (identical initialisation or resume).
 fn broadcast_model(model: &Model, comm: &dyn Comm) -> Result<()> {
     for (_, mut var) in model.named_variables() {
@@ -261,6 +349,8 @@ pub fn step_env<'a>(
         bucket_bytes,
         grads: dist::GradSync::new(bucket_bytes, cfg.dist.overlap),
         autocast: use_autocast(cfg, model),
+        max_grad_norm: cfg.train.max_grad_norm,
+        grad_norm_every: cfg.train.log_every,
     }
 }
 
@@ -344,6 +434,9 @@ pub fn setup(cfg: &Config, comm: &dyn Comm) -> Result<Setup> {
     let cfg = &cfg.with_absolute_paths()?;
     dist::check_same_everywhere(comm, "the resolved config", cfg.to_toml()?.as_bytes())?;
     rank_slice(cfg.global_batch(), comm.rank(), comm.world())?;
+    if let Some(memory) = crate::device::memory_total() {
+        cfg.check_memory(comm.world(), comm.local_world(), memory)?;
+    }
     let train = Arc::new(Dataset::open(Path::new(&cfg.data.train))?);
     let (validation, train_indices) = Validation::from_config(cfg, &train)?;
     let (n, k) = (cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class);
@@ -443,6 +536,9 @@ fn load_teacher(dir: &Path, comm: &dyn Comm) -> Result<Model> {
 pub fn loader_options(cfg: &Config, comm: &dyn Comm) -> TrainLoaderOptions {
     TrainLoaderOptions {
         image_size: cfg.data.image_size,
+        flip: cfg.data.flip,
+        color_jitter: cfg.data.color_jitter(),
+        grayscale_p: cfg.data.grayscale_p,
         crop_scale: cfg.data.crop_scale,
         crop_ratio: cfg.data.crop_ratio,
         workers: cfg.data.workers,

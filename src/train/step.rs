@@ -42,6 +42,11 @@ pub struct StepEnv<'a> {
     /// the dtype is set by [`crate::sys::set_cuda_autocast_bf16`]). The per-sample
     /// tensors are cast back to the parameters' kind before the gather.
     pub autocast: bool,
+    /// Clip the gradients' total L2 norm to this (`train.max_grad_norm`; 0: never).
+    pub max_grad_norm: f64,
+    /// Measure the gradients' norm every this many steps even without clipping
+    /// (`train.log_every`; 0: only when clipping).
+    pub grad_norm_every: usize,
 }
 
 /// What one step produced.
@@ -63,6 +68,9 @@ pub struct StepOutput {
     /// Of the step, seconds in this rank's share of the objective and its backward to the
     /// gathered embeddings (collectives inside it included).
     pub objective_seconds: f64,
+    /// The total L2 norm of the reduced gradients before clipping (identical on every
+    /// rank), on the steps it was measured.
+    pub grad_norm: Option<f64>,
 }
 
 /// Runs `f`, adding its duration in seconds to `acc`.
@@ -146,6 +154,7 @@ pub fn forward_backward(
         dist::average_grads(comm, &post, env.bucket_bytes)
     })?;
     Ok(StepOutput {
+        grad_norm: None,
         loss: share.loss,
         stats: share.stats,
         step_seconds: started.elapsed().as_secs_f64(),
@@ -194,7 +203,7 @@ fn objective_backward(
     let loss = objective.value;
     if !loss.is_finite() {
         return Err(Error::Train(format!(
-            "loss is {loss} at step {step}; the last good checkpoint is kept. Lower optim.lr or check the data"
+            "loss is {loss} at step {step}: lower optim.lr (or set train.max_grad_norm), or check the data"
         )));
     }
     if objective.share.requires_grad() {
@@ -240,7 +249,48 @@ pub fn train_step(
     let model = env.model;
     let images = batch.to_tensor(model.device(), model.kind());
     let labels = Tensor::from_slice(&batch.labels).to_device(model.device());
-    let out = forward_backward(env, &images, &labels, step, slice)?;
+    let mut out = forward_backward(env, &images, &labels, step, slice)?;
+    let every = env.grad_norm_every;
+    if env.max_grad_norm > 0.0 || (every > 0 && (step % every == 0 || step == 1)) {
+        let grads: Vec<Tensor> = model
+            .trainable()
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(Tensor::defined)
+            .collect();
+        out.grad_norm = Some(clip_grad_norm(&grads, env.max_grad_norm)?);
+    }
     optim.step(lr)?;
     Ok(out)
+}
+
+/// The total L2 norm of `grads` (the norm of their per-tensor norms, as
+/// `torch.nn.utils.clip_grad_norm_` computes it); with `max_norm` > 0 the gradients are
+/// scaled in place by `max_norm / (norm + 1e-6)` when that is below 1. Returns the norm
+/// before clipping.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64> {
+    if grads.is_empty() {
+        return Ok(0.0);
+    }
+    let norms: Vec<Tensor> = grads
+        .iter()
+        .map(|g| g.f_norm())
+        .collect::<std::result::Result<_, _>>()?;
+    let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
+    let norm = total.f_double_value(&[])?;
+    if max_norm > 0.0 {
+        let coef = (Tensor::from(max_norm)
+            .to_kind(total.kind())
+            .to_device(total.device())
+            / (&total + 1e-6))
+            .clamp_max(1.0);
+        if coef.f_double_value(&[])? < 1.0 {
+            tch::no_grad(|| {
+                for g in grads {
+                    let _ = g.shallow_clone().f_mul_(&coef.to_device(g.device()));
+                }
+            });
+        }
+    }
+    Ok(norm)
 }

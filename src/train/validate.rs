@@ -143,7 +143,8 @@ fn metric_value(m: &Metrics, name: &str) -> Result<f64> {
     })
 }
 
-/// Writes `RUN/best/{model.safetensors,best.json}` through a temporary directory.
+/// Writes `RUN/best/{model.safetensors,best.json}` through a temporary directory,
+/// durably ([`super::checkpoint::publish_dir`]).
 fn save_best(model: &Model, run: &Path, step: usize, metric: &str, value: f64) -> Result<()> {
     let dir = run.join("best");
     let tmp = run.join("best.tmp");
@@ -154,8 +155,5 @@ fn save_best(model: &Model, run: &Path, step: usize, metric: &str, value: f64) -
     model.save(&tmp.join("model.safetensors"))?;
     let info = json!({ "step": step, "metric": metric, "value": value });
     write_synced(&tmp.join("best.json"), info.to_string().as_bytes())?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))
+    super::checkpoint::publish_dir(&tmp, &dir)
 }
