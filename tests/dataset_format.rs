@@ -1,7 +1,10 @@
 //! The `.dmlds` file: round trip, and every kind of damage turned into a clear
 //! `Error::Dataset` naming the file (and the sizes where sizes are involved).
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::u64_at;
 use dml::data::format::{info_report, Dataset, DatasetWriter, Metadata, PAGE};
 use dml::Error;
 
@@ -36,10 +39,6 @@ fn write(dir: &Path) -> PathBuf {
     }
     w.finish(meta()).unwrap();
     path
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
 /// The message of an `Error::Dataset` for `path`; panics on any other outcome.
@@ -379,35 +378,12 @@ fn a_directory_or_a_fifo_is_refused_at_once() {
     assert!(err.contains("is not a regular file"), "{err}");
 }
 
-/// The same records as a version 1 file: a 64-byte preamble, no record CRCs.
-fn to_version_1(v2: &[u8]) -> Vec<u8> {
-    let (labels, crcs, meta) = (
-        u64_at(v2, 32) as usize,
-        u64_at(v2, 64) as usize,
-        u64_at(v2, 40) as usize,
-    );
-    let mut b = v2[..crcs].to_vec();
-    let body = crc32fast::hash(&b[PAGE as usize..]);
-    let mut m: serde_json::Value = serde_json::from_slice(&v2[meta..]).unwrap();
-    m["checksum"] = body.into();
-    let json = serde_json::to_vec(&m).unwrap();
-    b[64..80].fill(0);
-    b[8..12].copy_from_slice(&1u32.to_le_bytes());
-    b[12..16].copy_from_slice(&crc32fast::hash(&json).to_le_bytes());
-    b[40..48].copy_from_slice(&(crcs as u64).to_le_bytes());
-    b[48..56].copy_from_slice(&(json.len() as u64).to_le_bytes());
-    b[56..64].copy_from_slice(&((crcs + json.len()) as u64).to_le_bytes());
-    assert_eq!(crcs, labels + 4 * u64_at(v2, 16) as usize);
-    b.extend_from_slice(&json);
-    b
-}
-
 #[test]
 fn version_1_files_are_still_read() {
     let tmp = tempfile::tempdir().unwrap();
     let path = write(tmp.path());
     let v1 = tmp.path().join("v1.dmlds");
-    std::fs::write(&v1, to_version_1(&std::fs::read(&path).unwrap())).unwrap();
+    std::fs::write(&v1, common::dmlds_version_1(&std::fs::read(&path).unwrap())).unwrap();
     let ds = Dataset::open(&v1).unwrap();
     assert_eq!(ds.version(), 1);
     ds.verify().unwrap();

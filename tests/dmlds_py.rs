@@ -6,6 +6,8 @@
 //! when it is read, a flipped pixel or padding byte in `verify()`, a directory or FIFO).
 mod common;
 
+use common::u64_at;
+
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -157,35 +159,6 @@ fn py_error(file: &Path, ops: &[&str]) -> String {
         Some(msg) => msg.to_string(),
         None => panic!("python {ops:?} on {} passed", file.display()),
     }
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
-/// The same records as a version 1 file (as `to_version_1` in tests/dataset_format.rs):
-/// the record CRCs dropped, a 64-byte preamble of version 1, the metadata's checksum
-/// (records, index, labels) and `meta_crc` recomputed.
-fn to_version_1(v2: &[u8]) -> Vec<u8> {
-    let (labels, crcs, meta) = (
-        u64_at(v2, 32) as usize,
-        u64_at(v2, 64) as usize,
-        u64_at(v2, 40) as usize,
-    );
-    assert_eq!(crcs, labels + 4 * u64_at(v2, 16) as usize);
-    let mut b = v2[..crcs].to_vec();
-    let body = crc32fast::hash(&b[PAGE as usize..]);
-    let mut m: serde_json::Value = serde_json::from_slice(&v2[meta..]).unwrap();
-    m["checksum"] = body.into();
-    let json = serde_json::to_vec(&m).unwrap();
-    b[64..80].fill(0);
-    b[8..12].copy_from_slice(&1u32.to_le_bytes());
-    b[12..16].copy_from_slice(&crc32fast::hash(&json).to_le_bytes());
-    b[40..48].copy_from_slice(&(crcs as u64).to_le_bytes());
-    b[48..56].copy_from_slice(&(json.len() as u64).to_le_bytes());
-    b[56..64].copy_from_slice(&((crcs + json.len()) as u64).to_le_bytes());
-    b.extend_from_slice(&json);
-    b
 }
 
 /// Records of different heights and widths: below one page, exactly three pages (64×64,
@@ -377,7 +350,7 @@ fn python_reader_reads_version_1_files_with_the_same_records() {
     for (name, sources) in [("sources.dmlds", true), ("no_sources.dmlds", false)] {
         let v2 = write(tmp.path(), name, sources);
         let v1 = tmp.path().join(format!("v1_{name}"));
-        std::fs::write(&v1, to_version_1(&std::fs::read(&v2).unwrap())).unwrap();
+        std::fs::write(&v1, common::dmlds_version_1(&std::fs::read(&v2).unwrap())).unwrap();
         assert_eq!(Dataset::open(&v1).unwrap().version(), 1);
         compare(&v1, sources);
     }

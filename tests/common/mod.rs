@@ -309,3 +309,34 @@ pub fn world_size_invariance(sets: &[&str]) {
         "weights barely changed between step 1 and 5: {moved}"
     );
 }
+
+/// The little-endian u64 at byte `at`.
+pub fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// A version 2 `.dmlds` file's bytes rewritten as version 1 (docs/dmlds.md): the record
+/// CRCs dropped, a 64-byte preamble of version 1, the metadata's body checksum (records,
+/// index, labels) and `meta_crc` recomputed.
+pub fn dmlds_version_1(v2: &[u8]) -> Vec<u8> {
+    let page = dml::data::format::PAGE as usize;
+    let (labels, crcs, meta) = (
+        u64_at(v2, 32) as usize,
+        u64_at(v2, 64) as usize,
+        u64_at(v2, 40) as usize,
+    );
+    assert_eq!(crcs, labels + 4 * u64_at(v2, 16) as usize);
+    let mut b = v2[..crcs].to_vec();
+    let body = crc32fast::hash(&b[page..]);
+    let mut m: serde_json::Value = serde_json::from_slice(&v2[meta..]).expect("metadata");
+    m["checksum"] = body.into();
+    let json = serde_json::to_vec(&m).expect("json");
+    b[64..80].fill(0);
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    b[12..16].copy_from_slice(&crc32fast::hash(&json).to_le_bytes());
+    b[40..48].copy_from_slice(&(crcs as u64).to_le_bytes());
+    b[48..56].copy_from_slice(&(json.len() as u64).to_le_bytes());
+    b[56..64].copy_from_slice(&((crcs + json.len()) as u64).to_le_bytes());
+    b.extend_from_slice(&json);
+    b
+}
