@@ -320,7 +320,10 @@ impl Loop {
 /// The L2 norm of all trainable weights together.
 fn weights_norm(model: &Model) -> Result<f64> {
     let weights: Vec<tch::Tensor> = model.trainable().iter().map(|(_, p)| p.detach()).collect();
-    step::clip_grad_norm(&weights, 0.0)
+    match step::total_norm(&weights)? {
+        Some(norm) => Ok(norm.f_double_value(&[])?),
+        None => Ok(0.0),
+    }
 }
 
 /// Rank 0's weights and buffers on every rank (identical initialisation or resume).

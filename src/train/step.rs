@@ -264,19 +264,27 @@ pub fn train_step(
     Ok(out)
 }
 
-/// The total L2 norm of `grads` (the norm of their per-tensor norms, as
-/// `torch.nn.utils.clip_grad_norm_` computes it); with `max_norm` > 0 the gradients are
-/// scaled in place by `max_norm / (norm + 1e-6)` when that is below 1. Returns the norm
-/// before clipping.
-pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64> {
-    if grads.is_empty() {
-        return Ok(0.0);
+/// The L2 norm of `tensors` together: the norm of their per-tensor norms, as
+/// `torch.nn.utils.clip_grad_norm_` computes it (a 0-d tensor of their kind; `None` for
+/// no tensors).
+pub fn total_norm(tensors: &[Tensor]) -> Result<Option<Tensor>> {
+    if tensors.is_empty() {
+        return Ok(None);
     }
-    let norms: Vec<Tensor> = grads
+    let norms: Vec<Tensor> = tensors
         .iter()
-        .map(|g| g.f_norm())
+        .map(|t| t.f_norm())
         .collect::<std::result::Result<_, _>>()?;
-    let total = Tensor::f_stack(&norms, 0)?.f_norm()?;
+    Ok(Some(Tensor::f_stack(&norms, 0)?.f_norm()?))
+}
+
+/// The [`total_norm`] of `grads`; with `max_norm` > 0 the gradients are scaled in place
+/// by `max_norm / (norm + 1e-6)` when that is below 1, as `clip_grad_norm_` does.
+/// Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<f64> {
+    let Some(total) = total_norm(grads)? else {
+        return Ok(0.0);
+    };
     let norm = total.f_double_value(&[])?;
     if max_norm > 0.0 {
         let coef = (Tensor::from(max_norm)
