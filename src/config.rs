@@ -658,6 +658,31 @@ impl Default for DncConfig {
     }
 }
 
+/// `[xbm]`: cross-batch memory (Wang et al., "Cross-Batch Memory for Embedding Learning",
+/// CVPR 2020; msight-tech/research-xbm).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XbmConfig {
+    /// Rows of the memory (a ring of the last `size` gathered embeddings and labels); 0
+    /// turns the memory off. The official SOP setting is 55,000 at batch 64.
+    pub size: usize,
+    /// First step (1-based) that enqueues into the memory and adds its loss; before it the
+    /// memory is empty, as in the official code (`XBM.START_ITERATION`).
+    pub start: usize,
+    /// Weight of the memory loss against the in-batch loss (official `XBM.WEIGHT`, 1.0).
+    pub weight: f64,
+}
+
+impl Default for XbmConfig {
+    fn default() -> Self {
+        XbmConfig {
+            size: 0,
+            start: 0,
+            weight: 1.0,
+        }
+    }
+}
+
 /// The whole configuration of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -688,6 +713,8 @@ pub struct Config {
     pub distill: DistillConfig,
     /// `[dnc]`
     pub dnc: DncConfig,
+    /// `[xbm]`
+    pub xbm: XbmConfig,
 }
 
 /// Parses `value` as a TOML value (number, bool, array, quoted string); anything that
@@ -1099,10 +1126,67 @@ impl Config {
                 );
             }
         }
+        self.validate_xbm()?;
         if !(self.dist.bucket_mb >= 0.0 && self.dist.bucket_mb.is_finite()) {
             return fail(
                 "dist.bucket_mb",
                 "must be a finite size in MiB, or 0 to choose by device".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks `[xbm]`: a memory at least one global batch long, a finite weight, and a
+    /// loss that mines pairs or triplets against it.
+    fn validate_xbm(&self) -> Result<()> {
+        let x = &self.xbm;
+        if x.size == 0 {
+            return Ok(());
+        }
+        let fail = |key: &str, msg: String| Err(Error::Config(format!("{key}: {msg}")));
+        let batch = self.sampler.classes_per_batch * self.sampler.samples_per_class;
+        if x.size < batch {
+            return fail(
+                "xbm.size",
+                format!(
+                    "is {}, smaller than the global batch ({batch} = sampler.classes_per_batch × sampler.samples_per_class): the memory must hold at least one batch",
+                    x.size
+                ),
+            );
+        }
+        if !(x.weight >= 0.0 && x.weight.is_finite()) {
+            return fail(
+                "xbm.weight",
+                format!("is {}, must be finite and ≥ 0", x.weight),
+            );
+        }
+        match self.loss.name {
+            LossName::Triplet | LossName::MultiSimilarity => {}
+            LossName::Group => {
+                return fail(
+                    "xbm.size",
+                    "a memory has no meaning for loss.name = group: Group Loss refines class \
+                     probabilities over the batch's own similarity graph, and the memory's \
+                     rows have no logits; use loss.name = triplet or multi_similarity"
+                        .into(),
+                )
+            }
+            LossName::Margin => {
+                return fail(
+                    "xbm.size",
+                    "the memory is not implemented for loss.name = margin (D&C's cutoff \
+                     sampler) yet; use loss.name = triplet or multi_similarity"
+                        .into(),
+                )
+            }
+        }
+        if !self.distill.teacher.is_empty() {
+            return fail(
+                "xbm.size",
+                "a memory has no meaning with distill.teacher: distillation compares the \
+                 student with the teacher on the same batch, and the memory holds no \
+                 teacher embeddings; set xbm.size = 0 or distill.teacher = \"\""
+                    .into(),
             );
         }
         Ok(())
@@ -1189,6 +1273,31 @@ mod tests {
         // 2048 × 10⁶ × 4 bytes = 7.63 GiB.
         assert!(err.contains("model.embedding_dim: is 1000000"), "{err}");
         assert!(err.contains("= 7.6 GiB"), "{err}");
+    }
+
+    #[test]
+    fn cross_batch_memory_combinations_without_a_meaning_are_refused() {
+        let err = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::parse("", &sets).unwrap_err().to_string()
+        };
+        // The default global batch is 8 × 4 = 32 rows.
+        let e = err(&["xbm.size=31"]);
+        assert!(
+            e.contains("xbm.size: is 31, smaller than the global batch (32"),
+            "{e}"
+        );
+        let e = err(&["xbm.size=64", "loss.name=group", "miner.name=none"]);
+        assert!(e.contains("no meaning for loss.name = group"), "{e}");
+        let e = err(&["xbm.size=64", "distill.teacher=runs/t"]);
+        assert!(e.contains("no meaning with distill.teacher"), "{e}");
+        let e = err(&["xbm.size=64", "loss.name=margin", "miner.name=dnc_cutoff"]);
+        assert!(e.contains("not implemented for loss.name = margin"), "{e}");
+        let e = err(&["xbm.size=64", "xbm.weight=-1"]);
+        assert!(e.contains("xbm.weight: is -1"), "{e}");
+        // Off by default; a memory of exactly one batch is allowed.
+        assert_eq!(Config::parse("", &[]).unwrap().xbm.size, 0);
+        Config::parse("", &["xbm.size=32".into()]).unwrap();
     }
 
     #[test]

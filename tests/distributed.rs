@@ -24,6 +24,32 @@ fn world_size_invariance_f64_multi_similarity() {
     world_size_invariance(&["loss.name=multi_similarity", "miner.name=multi_similarity"]);
 }
 
+/// Cross-batch memory (issue 18): every rank enqueues the same gathered rows, so the
+/// memory and its loss are the same at every world size. The global batch is 12 rows, so
+/// a memory of 30 wraps mid-batch at step 4 (from `xbm.start = 2`).
+#[test]
+fn world_size_invariance_f64_cross_batch_memory_multi_similarity() {
+    world_size_invariance(&[
+        "loss.name=multi_similarity",
+        "miner.name=multi_similarity",
+        "xbm.size=30",
+        "xbm.start=2",
+    ]);
+}
+
+/// One memory per embedding: BFE's two branches each mine their own memory (batch-hard
+/// triplet, weight 0.5).
+#[test]
+fn world_size_invariance_f64_cross_batch_memory_bfe_triplet() {
+    world_size_invariance(&[
+        "model.head=bfe",
+        "loss.name=triplet",
+        "miner.name=batch_hard",
+        "xbm.size=30",
+        "xbm.weight=0.5",
+    ]);
+}
+
 /// Group Loss: the classifier lies after the gather, so its gradients are averaged
 /// while the trunk's and the projection's are summed.
 #[test]

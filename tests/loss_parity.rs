@@ -35,36 +35,6 @@ fn load(case: &str) -> HashMap<String, Tensor> {
         .collect()
 }
 
-/// The dml loss for one spec of cases.json.
-fn make(spec: &Value) -> Box<dyn MetricLoss> {
-    if spec["kind"] == "triplet" {
-        let miner = match spec["miner"].as_str().unwrap() {
-            "batch_hard" => TripletMiner::BatchHard,
-            "batch_all" => TripletMiner::All,
-            "semi_hard" => TripletMiner::SemiHard,
-            "none" => TripletMiner::None,
-            m => panic!("unknown miner {m}"),
-        };
-        let distance = match spec["distance"].as_str().unwrap() {
-            "euclidean" => Distance::Euclidean,
-            _ => Distance::Cosine,
-        };
-        Box::new(TripletLoss::new(
-            spec["margin"].as_f64().unwrap(),
-            spec["soft"].as_bool().unwrap(),
-            miner,
-            distance,
-        ))
-    } else {
-        Box::new(MultiSimilarityLoss::new(
-            spec["alpha"].as_f64().unwrap(),
-            spec["beta"].as_f64().unwrap(),
-            spec["base"].as_f64().unwrap(),
-            spec["epsilon"].as_f64(),
-        ))
-    }
-}
-
 /// Runs `loss` on a fresh leaf copy of `emb`: (value, gradient).
 fn run(loss: &dyn MetricLoss, emb: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
     let e = emb.detach().copy().set_requires_grad(true);
@@ -92,16 +62,7 @@ fn check_all(budget: Option<i64>, only: &[&str]) {
         let f64_case = info["dtype"] == "torch.float64";
         let tol = if f64_case { 1e-10 } else { 1e-5 };
         for (lname, spec) in idx["losses"].as_object().unwrap() {
-            let mut l = make(spec);
-            if let Some(b) = budget {
-                l = match spec["kind"].as_str().unwrap() {
-                    "triplet" => {
-                        let t = make_triplet(spec).with_budget(b);
-                        Box::new(t)
-                    }
-                    _ => Box::new(make_ms(spec).with_budget(b)),
-                };
-            }
+            let l = common::spec_loss(spec, budget);
             let (value, grad) = run(l.as_ref(), emb, labels);
             let want_v = &fx[&format!("{lname}.value")];
             let want_g = &fx[&format!("{lname}.grad")];
@@ -120,34 +81,6 @@ fn check_all(budget: Option<i64>, only: &[&str]) {
     }
     assert!(checked >= 30, "only {checked} comparisons");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-fn make_triplet(spec: &Value) -> TripletLoss {
-    let miner = match spec["miner"].as_str().unwrap() {
-        "batch_hard" => TripletMiner::BatchHard,
-        "batch_all" => TripletMiner::All,
-        "semi_hard" => TripletMiner::SemiHard,
-        _ => TripletMiner::None,
-    };
-    let distance = match spec["distance"].as_str().unwrap() {
-        "euclidean" => Distance::Euclidean,
-        _ => Distance::Cosine,
-    };
-    TripletLoss::new(
-        spec["margin"].as_f64().unwrap(),
-        spec["soft"].as_bool().unwrap(),
-        miner,
-        distance,
-    )
-}
-
-fn make_ms(spec: &Value) -> MultiSimilarityLoss {
-    MultiSimilarityLoss::new(
-        spec["alpha"].as_f64().unwrap(),
-        spec["beta"].as_f64().unwrap(),
-        spec["base"].as_f64().unwrap(),
-        spec["epsilon"].as_f64(),
-    )
 }
 
 #[test]

@@ -274,7 +274,7 @@ fn plot_run_names_the_file_and_line_of_bad_input() {
 fn lr_range_picture_marks_the_suggestions() {
     // lr = 1e-6 · 10^(i/10), i = 0..=60 → log10 range −6..0 over columns 80..=780
     // (800×500): 1e-4 at 80 + 2/6·700 = 313.3 → 313, 1e-2 at 546.7 → 547. Markers use
-    // the colours after the two series: PALETTE[2], PALETTE[3]; dashes 6 on, 4 off over
+    // the colours after the two series: PALETTE[2], PALETTE[3], PALETTE[4]; dashes 6 on, 4 off over
     // rows 30..=454, so about 60% of 425 rows.
     let pts: Vec<(f64, f64)> = (0..=60)
         .map(|i| {
@@ -286,12 +286,14 @@ fn lr_range_picture_marks_the_suggestions() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lr_find.png");
-    plot_lr_range(&pts, (1e-4, 1e-2), &path).unwrap();
+    plot_lr_range(&pts, (1e-4, 1e-2), Some(3e-2), &path).unwrap();
     let img = image::open(&path).unwrap().to_rgb8();
     assert_eq!(img.dimensions(), (800, 500));
     let count = |x: u32, c: [u8; 3]| (30..455).filter(|&y| px(&img, x, y) == c).count();
     assert!(count(313, PALETTE[2]) >= 170, "{}", count(313, PALETTE[2]));
     assert!(count(547, PALETTE[3]) >= 170, "{}", count(547, PALETTE[3]));
+    // The "collapsed" marker at 3e-2: 80 + (6 − 1.5229)/6 · 700 = 602.3 → 602.
+    assert!(count(602, PALETTE[4]) >= 170, "{}", count(602, PALETTE[4]));
     assert!(count(430, PALETTE[2]) < 10 && count(430, PALETTE[3]) < 10);
 }
 

@@ -147,6 +147,80 @@ fn csv_with_header_sorts_numeric_labels() {
 }
 
 #[test]
+fn csv_split_column_writes_the_listed_splits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for i in 0..8u8 {
+        image(&src.join(format!("img/{i}.png")), 20, 20, [i * 30, 0, 0]);
+    }
+    // Columns in another order under a header; class "b" is both in train and test
+    // (the CSV decides, not dml); query and gallery share one class list.
+    write(
+        &src.join("list.csv"),
+        "split,label,path\ntrain,a,img/0.png\ntrain,b,img/1.png\nTest,b,img/2.png\ntest,c,img/3.png\nquery,d,img/4.png\ngallery,d,img/5.png\ngallery,e,img/6.png\nquery,f,img/7.png\n",
+    );
+    let out = tmp.path().join("out");
+    let report = prepare(SourceFormat::Csv, &src.join("list.csv"), &out, SIZE).unwrap();
+    let names: Vec<&str> = report.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["train", "test", "query", "gallery"]);
+    let (train, test) = (open(&out, "train"), open(&out, "test"));
+    let (query, gallery) = (open(&out, "query"), open(&out, "gallery"));
+    assert_eq!(class_names(&train), ["a", "b"]);
+    assert_eq!(class_names(&test), ["b", "c"]);
+    assert_eq!(class_names(&query), ["d", "e", "f"]);
+    assert_eq!(class_names(&gallery), ["d", "e", "f"]);
+    assert_eq!(query.meta().sources, ["img/4.png", "img/7.png"]);
+    assert_eq!(query.labels(), &[0, 2]);
+    assert_eq!(gallery.labels(), &[0, 1]);
+    check_sizes(&gallery);
+
+    // Without a header the third column is the split.
+    write(
+        &src.join("plain.csv"),
+        "img/0.png,a,train\nimg/1.png,b,test\n",
+    );
+    let out2 = tmp.path().join("out2");
+    let report = prepare(SourceFormat::Csv, &src.join("plain.csv"), &out2, SIZE).unwrap();
+    assert_eq!(report.files.len(), 2);
+    assert_eq!(class_names(&open(&out2, "test")), ["b"]);
+
+    // Bad values and incomplete protocols name the line or the missing split.
+    let err = |text: &str| {
+        write(&src.join("bad.csv"), text);
+        match prepare(
+            SourceFormat::Csv,
+            &src.join("bad.csv"),
+            &tmp.path().join("o"),
+            SIZE,
+        ) {
+            Err(Error::Input(m)) => m,
+            other => panic!("expected an input error, got {other:?}"),
+        }
+    };
+    let e = err("path,label,split\nimg/0.png,a,train\nimg/1.png,b,validation\n");
+    assert!(
+        e.contains("bad.csv:3")
+            && e.contains("\"validation\"")
+            && e.contains("train, test, query, gallery"),
+        "{e}"
+    );
+    let e = err("img/0.png,a,train\nimg/1.png,b,query\n");
+    assert!(
+        e.contains("1 rows have split `query` and 0 `gallery`"),
+        "{e}"
+    );
+    let e = err("img/0.png,a,test\n");
+    assert!(e.contains("no row has split `train`"), "{e}");
+    let e = err("img/0.png,a,train\n");
+    assert!(e.contains("no row has split `test`"), "{e}");
+    let e = err("path,label,split\nimg/0.png,,train\n");
+    assert!(
+        e.contains("bad.csv:2") && e.contains("path,label,split"),
+        "{e}"
+    );
+}
+
+#[test]
 fn cub200_lists_and_folder_only_layout() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("CUB_200_2011");

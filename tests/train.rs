@@ -72,6 +72,66 @@ fn resume_gives_the_same_weights_as_a_straight_run() {
     }
 }
 
+/// The cross-batch memory is saved with each checkpoint: a run resumed at step 3 reads
+/// the same memory as the straight run (batch 16, memory 40 from step 2: 16, 32, 40 rows).
+#[test]
+fn resume_restores_the_cross_batch_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = [
+        "loss.name=multi_similarity",
+        "miner.name=multi_similarity",
+        "xbm.size=40",
+        "xbm.start=2",
+    ];
+    let (straight, parted) = straight_and_resumed(tmp.path(), &sets);
+    let d = model_diff(&straight, &parted);
+    assert_eq!(
+        d, 0.0,
+        "resumed XBM run differs from the straight run by {d}"
+    );
+    assert!(parted.join("checkpoints/step-3/xbm.safetensors").exists());
+    for run in [&straight, &parted] {
+        let rows: Vec<Option<u64>> = metrics(run)
+            .iter()
+            .map(|v| v["xbm_rows"].as_u64())
+            .collect();
+        let want = [None, Some(16), Some(32), Some(40), Some(40), Some(40)];
+        assert_eq!(rows, want, "{}", run.display());
+        for v in metrics(run).iter().skip(1) {
+            let loss = v["xbm_loss"].as_f64().unwrap();
+            assert!(loss > 0.0 && v["xbm_mined"].as_u64().unwrap() > 0, "{v}");
+        }
+    }
+    // The straight run without a memory trains differently: the memory term is real.
+    let plain = tmp.path().join("plain");
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["train", "--config"])
+        .arg(tmp.path().join("config.toml"))
+        .args([
+            "--set",
+            "loss.name=multi_similarity",
+            "--set",
+            "miner.name=multi_similarity",
+        ])
+        .arg("--out")
+        .arg(&plain);
+    ok(c);
+    assert!(model_diff(&straight, &plain) > 1e-6);
+    // A resume with another memory size is refused, naming both sizes.
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["train", "--resume"])
+        .arg(&parted)
+        .args(["--set", "train.steps=8", "--set", "xbm.size=48"]);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("has 40 rows") && err.contains("xbm.size is 48"),
+        "{err}"
+    );
+}
+
 /// The BFE head draws its erasing rectangle from (seed, step), and `multistep` milestones
 /// given in epochs are resolved to steps in the saved config: a resumed run must
 /// reproduce both exactly.
@@ -273,6 +333,10 @@ fn validation_keeps_the_best_model_and_plot_and_lr_find_write_pictures() {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(validated, vec![3, 6]);
+    for v in &lines {
+        let spread = v["embedding_spread"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&spread), "{v}");
+    }
     let best: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("best/best.json")).unwrap())
             .unwrap();
@@ -303,7 +367,7 @@ fn validation_keeps_the_best_model_and_plot_and_lr_find_write_pictures() {
     c.env("OMP_NUM_THREADS", "1")
         .args(["lr-find", "--config"])
         .arg(&cfg)
-        .args(["--steps", "8", "--start", "1e-5", "--end", "1e-2", "--out"])
+        .args(["--steps", "8", "--start", "1e-6", "--end", "5e-4", "--out"])
         .arg(&lr_dir);
     let out = ok(c);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -314,7 +378,78 @@ fn validation_keeps_the_best_model_and_plot_and_lr_find_write_pictures() {
     assert!(lr_dir.join("lr_find.png").exists());
     let points = std::fs::read_to_string(lr_dir.join("lr_find.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(points.lines().next().unwrap()).unwrap();
-    assert_eq!(first["lr"].as_f64().unwrap(), 1e-5);
+    assert_eq!(first["lr"].as_f64().unwrap(), 1e-6);
+}
+
+/// Batch-hard triplet from a random ResNet collapses as the rate ramps up: the loss falls
+/// to the margin (0.2) while the embedding's spread goes to 0. lr-find must stop there
+/// and suggest rates from before the spread was lost, not the rate of the lowest loss.
+#[test]
+fn lr_find_suggests_no_rate_where_the_embedding_collapsed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 16, 6, 36);
+    let cfg = small_config(tmp.path(), &data, "");
+    let lr_dir = tmp.path().join("lr");
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["lr-find", "--config"])
+        .arg(&cfg)
+        .args(["--set", "model.bn=frozen", "--set", "loss.margin=0.2"])
+        .args(["--steps", "30", "--start", "1e-6", "--end", "3e-3", "--out"])
+        .arg(&lr_dir);
+    let out = ok(c);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let number_after = |key: &str| -> f64 {
+        let at = text
+            .find(key)
+            .unwrap_or_else(|| panic!("no {key:?} in {text}"));
+        let rest = &text[at + key.len()..];
+        let word = rest
+            .split(|c: char| c.is_whitespace() || c == ':')
+            .next()
+            .unwrap();
+        word.parse().unwrap_or_else(|e| panic!("{word:?}: {e}"))
+    };
+    let (max, collapsed) = (
+        number_after("lr.max_lr = "),
+        number_after("collapsed at lr "),
+    );
+    assert!(text.contains("left out of the suggestion"), "{text}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(lr_dir.join("lr_find.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let get = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    let spread = |r: &serde_json::Value| get(r, "embedding_spread");
+    let peak = rows.iter().map(spread).fold(0.0, f64::max);
+    let last = rows.last().unwrap();
+    // The ramp ended early on the collapse, with the loss near the margin.
+    assert!(rows.len() < 30, "{} steps", rows.len());
+    assert!(spread(last) < 0.1 * peak, "{last} (peak {peak})");
+    assert!((get(last, "loss") - 0.2).abs() < 0.03, "{last}");
+    // The lowest loss is where the embedding collapsed; the suggestion is a step that
+    // still had at least half of the spread before it.
+    let lowest = rows
+        .iter()
+        .min_by(|a, b| get(a, "loss").total_cmp(&get(b, "loss")))
+        .unwrap();
+    assert!(
+        max < collapsed && max < get(lowest, "lr"),
+        "max {max}, collapsed {collapsed}, lowest {lowest}"
+    );
+    // (printed to 4 significant digits)
+    let i = rows
+        .iter()
+        .position(|r| (get(r, "lr") / max - 1.0).abs() < 1e-3)
+        .unwrap();
+    let before = rows[..=i].iter().map(spread).fold(0.0, f64::max);
+    assert!(
+        spread(&rows[i]) >= 0.5 * before,
+        "{} (peak {before})",
+        rows[i]
+    );
 }
 
 #[test]

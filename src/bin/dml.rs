@@ -344,6 +344,17 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 let r = dml::train::lr_find::lr_find(&cfg, comm, ramp)?;
                 if comm.rank() == 0 {
                     write_lr_find(&out, &r)?;
+                    if r.low_spread_steps > 0 {
+                        println!(
+                            "{} of {} steps left out of the suggestion: their embedding spread was below {:.0}% of its peak (collapsing)",
+                            r.low_spread_steps,
+                            r.points.len(),
+                            100.0 * dml::train::lr_find::SPREAD_KEPT
+                        );
+                    }
+                    if let Some(lr) = r.collapsed_at {
+                        println!("the embedding collapsed at lr {lr:.3e}: the ramp ended there");
+                    }
                     println!(
                         "suggested: optim.lr = {:.3e}  lr.max_lr = {:.3e}",
                         r.base, r.max
@@ -421,10 +432,15 @@ fn write_lr_find(out: &Path, r: &dml::train::lr_find::LrFindResult) -> Result<()
     let lines: String = r
         .points
         .iter()
-        .map(|(lr, loss)| format!("{}\n", serde_json::json!({ "lr": lr, "loss": loss })))
+        .zip(&r.spreads)
+        .map(|((lr, loss), spread)| {
+            let row = serde_json::json!({ "lr": lr, "loss": loss, "embedding_spread": spread });
+            format!("{row}\n")
+        })
         .collect();
     std::fs::write(out.join("lr_find.jsonl"), lines)?;
-    dml::plot::plot_lr_range(&r.points, (r.base, r.max), &out.join("lr_find.png"))?;
+    let png = out.join("lr_find.png");
+    dml::plot::plot_lr_range(&r.points, (r.base, r.max), r.collapsed_at, &png)?;
     eprintln!(
         "wrote {} and lr_find.jsonl",
         out.join("lr_find.png").display()

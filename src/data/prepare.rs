@@ -6,7 +6,7 @@
 //! | format | source | splits |
 //! |---|---|---|
 //! | `imagefolder` | `SRC/<class>/**/<image>` | sorted classes: first half (rounded up) → `train.dmlds`, rest → `test.dmlds` |
-//! | `csv` | the CSV file `SRC`: `path,label` rows (a header row is allowed; paths relative to the CSV's folder) | as `imagefolder` |
+//! | `csv` | the CSV file `SRC`: `path,label` rows, or `path,label,split` with split `train`, `test`, `query` or `gallery` (a header row naming `path`, `label` and `split` may put them in any order; paths relative to the CSV's folder) | without `split`: as `imagefolder`; with it: `train.dmlds`, and `test.dmlds` and/or `query.dmlds` + `gallery.dmlds` (sharing one class list) as listed |
 //! | `cub200` | `CUB_200_2011/` with `images.txt` + `image_class_labels.txt` (+ `classes.txt`) and `images/`; or just the `images/NNN.name/` folders (`SRC/images/` or `SRC/` itself) | classes 1–100 → train, 101–200 → test |
 //! | `cars196` | `SRC/cars_annos.csv` or `.txt` (rows `relative_im_path,class` or the seven `cars_annos.mat` columns `relative_im_path x1 y1 x2 y2 class test`, or a header naming `path`/`relative_im_path`, `class` and optionally `class_name`; `tools/cars_annos_to_csv.py` converts the `.mat`); or class folders `SRC/<class>/` or `SRC/train/<class>/` + `SRC/test/<class>/` (merged) | classes 1–98 → train, 99–196 → test (folders: the first 98 sorted names) |
 //! | `sop` | `Stanford_Online_Products/` with `Ebay_train.txt`, `Ebay_test.txt` (`image_id class_id super_class_id path`) | `train.dmlds`, `test.dmlds` as listed |
@@ -220,7 +220,7 @@ pub fn prepare(format: SourceFormat, src: &Path, out: &Path, size: u32) -> Resul
     }
     let splits = match format {
         SourceFormat::ImageFolder => halves(image_folder(src)?, src)?,
-        SourceFormat::Csv => halves(csv_listing(src)?, src)?,
+        SourceFormat::Csv => csv_splits(src)?,
         SourceFormat::Cub200 => halves(cub200(src)?, src)?,
         SourceFormat::Cars196 => halves(cars196(src)?, src)?,
         SourceFormat::Sop => sop(src)?,
@@ -568,46 +568,143 @@ const PATH_HEADERS: [&str; 7] = [
     "relative_im_path",
 ];
 const LABEL_HEADERS: [&str; 6] = ["label", "class", "class_id", "category", "target", "y"];
+const SPLIT_HEADERS: [&str; 4] = ["split", "subset", "partition", "evaluation_status"];
+/// The values a CSV `split` column may hold.
+const SPLIT_NAMES: [&str; 4] = ["train", "test", "query", "gallery"];
 
-fn csv_listing(src: &Path) -> Result<Vec<Entry>> {
+/// Where a CSV's path, label and (optional) split columns are.
+#[derive(Debug, Clone, Copy)]
+struct CsvColumns {
+    path: usize,
+    label: usize,
+    split: Option<usize>,
+}
+
+impl CsvColumns {
+    /// The columns a header row names, or `None` if `fields` is not a header.
+    fn from_header(fields: &[String]) -> Option<CsvColumns> {
+        let lower: Vec<String> = fields.iter().map(|f| f.to_ascii_lowercase()).collect();
+        let find = |names: &[&str]| lower.iter().position(|f| names.contains(&f.as_str()));
+        match (find(&PATH_HEADERS), find(&LABEL_HEADERS)) {
+            (Some(path), Some(label)) => Some(CsvColumns {
+                path,
+                label,
+                split: find(&SPLIT_HEADERS),
+            }),
+            (Some(_), None) | (None, Some(_)) => Some(CsvColumns {
+                path: 0,
+                label: 1,
+                split: (fields.len() > 2).then_some(2),
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The splits of a CSV file: `path,label[,split]` rows, or any column order under a
+/// header naming them. Without a split column the classes are halved as for
+/// `imagefolder`; with one, every row says `train`, `test`, `query` or `gallery`, and the
+/// splits are written as listed (`query` and `gallery` share one class list, as In-Shop's).
+fn csv_splits(src: &Path) -> Result<Vec<Split>> {
     if src.is_dir() {
         return Err(Error::Input(format!(
-            "prepare: csv expects the CSV file itself (rows path,label), but {} is a folder",
+            "prepare: csv expects the CSV file itself (rows path,label[,split]), but {} is a folder",
             src.display()
         )));
     }
-    let text = read_list(src, "the CSV file of path,label rows")?;
+    let text = read_list(src, "the CSV file of path,label[,split] rows")?;
     let root = src.parent().unwrap_or(Path::new("."));
-    let mut entries = Vec::new();
+    let mut columns: Option<CsvColumns> = None;
+    let mut by_split: [Vec<Entry>; 4] = Default::default();
+    let mut listed = 0usize;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_start_matches('\u{feff}').trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let f = csv_fields(line);
-        if f.len() < 2 || f[0].is_empty() || f[1].is_empty() {
+        if listed == 0 && columns.is_none() {
+            if let Some(c) = CsvColumns::from_header(&f) {
+                columns = Some(c);
+                continue;
+            }
+        }
+        let c = *columns.get_or_insert(CsvColumns {
+            path: 0,
+            label: 1,
+            split: (f.len() > 2).then_some(2),
+        });
+        let field = |i: usize| f.get(i).map(String::as_str).unwrap_or("");
+        let expected = match c.split {
+            Some(_) => "path,label,split",
+            None => "path,label",
+        };
+        if field(c.path).is_empty() || field(c.label).is_empty() {
             return Err(Error::Input(format!(
-                "prepare: {}:{}: expected a `path,label` row, found {line:?}",
+                "prepare: {}:{}: expected a `{expected}` row, found {line:?}",
                 src.display(),
                 n + 1
             )));
         }
-        let header = entries.is_empty()
-            && (PATH_HEADERS.contains(&f[0].to_ascii_lowercase().as_str())
-                || LABEL_HEADERS.contains(&f[1].to_ascii_lowercase().as_str()));
-        if header {
-            continue;
-        }
-        let path = root.join(&f[0]);
-        entries.push((path, f[0].clone(), f[1].clone()));
+        let which = match c.split {
+            None => 0,
+            Some(i) => {
+                let v = field(i).to_ascii_lowercase();
+                SPLIT_NAMES.iter().position(|s| *s == v).ok_or_else(|| {
+                    Error::Input(format!(
+                        "prepare: {}:{}: split {:?} is not one of {}",
+                        src.display(),
+                        n + 1,
+                        field(i),
+                        SPLIT_NAMES.join(", ")
+                    ))
+                })?
+            }
+        };
+        let path = root.join(field(c.path));
+        by_split[which].push((path, field(c.path).to_string(), field(c.label).to_string()));
+        listed += 1;
     }
-    if entries.is_empty() {
+    if listed == 0 {
         return Err(Error::Input(format!(
             "prepare: {} lists no image",
             src.display()
         )));
     }
-    Ok(entries)
+    let [train, test, query, gallery] = by_split;
+    if columns.is_some_and(|c| c.split.is_none()) {
+        return halves(train, src);
+    }
+    if train.is_empty() {
+        return Err(Error::Input(format!(
+            "prepare: {}: no row has split `train`",
+            src.display()
+        )));
+    }
+    if query.is_empty() != gallery.is_empty() {
+        return Err(Error::Input(format!(
+            "prepare: {}: {} rows have split `query` and {} `gallery`; a query/gallery protocol needs both",
+            src.display(),
+            query.len(),
+            gallery.len()
+        )));
+    }
+    if test.is_empty() && query.is_empty() {
+        return Err(Error::Input(format!(
+            "prepare: {}: no row has split `test` (or `query` and `gallery`): nothing to evaluate on",
+            src.display()
+        )));
+    }
+    let mut splits = vec![own_split("train", train)];
+    if !test.is_empty() {
+        splits.push(own_split("test", test));
+    }
+    if !query.is_empty() {
+        let shared = sorted_classes(query.iter().chain(&gallery).map(|e| e.2.as_str()));
+        splits.push(split_with("query", shared.clone(), query));
+        splits.push(split_with("gallery", shared, gallery));
+    }
+    Ok(splits)
 }
 
 /// Whitespace-separated rows of a list file, skipping blank lines.

@@ -84,6 +84,26 @@ pub fn label_masks(labels: &Tensor, start: i64, len: i64) -> (Tensor, Tensor) {
     (same.logical_and(&not_self), neg)
 }
 
+/// Label masks of the batch's rows `start..start+len` against a cross-batch memory's
+/// labels `mem_labels` `[M]`: `(positive, negative, own)` `[len, M]` booleans, where
+/// `positive` **includes** each row's own copy in the memory (slot `own[row]`, PML mines
+/// with it and removes it afterwards) and `own` marks that copy.
+pub fn memory_masks(
+    labels: &Tensor,
+    start: i64,
+    len: i64,
+    mem_labels: &Tensor,
+    own: &Tensor,
+) -> (Tensor, Tensor, Tensor) {
+    let m = mem_labels.size()[0];
+    let rows = labels.narrow(0, start, len).unsqueeze(1);
+    let same = rows.eq_tensor(&mem_labels.unsqueeze(0));
+    let slots = Tensor::arange(m, (tch::Kind::Int64, labels.device())).unsqueeze(0);
+    let own_mask = slots.eq_tensor(&own.narrow(0, start, len).unsqueeze(1));
+    let neg = same.logical_not();
+    (same, neg, own_mask)
+}
+
 /// Rows per chunk so that a chunk holds at most `budget` elements of `per_row` each
 /// (at least 1, at most `b`).
 pub fn chunk_rows(b: i64, per_row: i64, budget: i64) -> i64 {

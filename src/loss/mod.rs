@@ -49,6 +49,7 @@ pub mod objective;
 pub mod shard;
 pub mod stats;
 pub mod triplet;
+pub mod xbm;
 
 pub use distance::Distance;
 pub use group::GroupLoss;
@@ -67,6 +68,26 @@ pub trait MetricLoss {
     /// The parts of all shares sum to the loss, in value and gradient; the statistics
     /// returned are those of the whole batch.
     fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput>;
+
+    /// This share's part of the cross-batch-memory loss ([`xbm`]): the terms whose anchor
+    /// is one of the shard's rows of `emb`, mined against the memory's (detached) rows
+    /// without pairing an anchor with its own copy, divided by the global counts, as
+    /// PML's `CrossBatchMemory` wrapping this loss and miner computes them. The
+    /// statistics are those of the whole batch against the memory. Losses without a
+    /// memory form return [`Error::Config`].
+    fn compute_memory_shard(
+        &self,
+        emb: &Tensor,
+        labels: &Tensor,
+        memory: &xbm::MemoryView,
+        shard: &Shard,
+    ) -> Result<LossOutput> {
+        let _ = (emb, labels, memory, shard);
+        Err(Error::Config(format!(
+            "xbm.size: {} has no cross-batch memory; use loss.name = triplet or multi_similarity",
+            self.name()
+        )))
+    }
 
     /// The loss over the whole batch in one process ([`Shard::whole`]).
     fn compute(&self, emb: &Tensor, labels: &Tensor) -> Result<LossOutput> {

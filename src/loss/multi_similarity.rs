@@ -12,8 +12,9 @@
 use tch::{Kind, Tensor};
 
 use super::chunk::{scalar, with_grad, zero_loss, Leaf, DEFAULT_BUDGET};
-use super::distance::{chunk_rows, label_masks};
+use super::distance::{chunk_rows, label_masks, memory_masks};
 use super::stats::{count, StatsAcc};
+use super::xbm::{MemoryView, Reference};
 use super::{check_inputs, LossOutput, MetricLoss, Shard};
 use crate::error::Result;
 
@@ -89,26 +90,46 @@ impl MultiSimilarityLoss {
     }
 }
 
-impl MetricLoss for MultiSimilarityLoss {
-    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput> {
+impl MultiSimilarityLoss {
+    /// The terms of the shard's anchors against the batch itself (`memory = None`) or
+    /// against a cross-batch memory (mined with the anchors' own copies, which are then
+    /// removed, as PML's `CrossBatchMemory` does), averaged over all B anchors.
+    fn compute_against(
+        &self,
+        emb: &Tensor,
+        labels: &Tensor,
+        memory: Option<&MemoryView>,
+        shard: &Shard,
+    ) -> Result<LossOutput> {
         check_inputs(emb, labels)?;
         let labels = labels.to_device(emb.device());
         let b = emb.size()[0];
         shard.check(b)?;
         let kind = emb.kind();
+        let reference = memory.map(|m| Reference::new(m, emb)).transpose()?;
         let mut acc = StatsAcc::default();
         // PML's miner returns nothing when the batch has no positive or no negative pair
-        // (decided by the global labels: the same on every share, no collective).
-        let (_, _, counts) = labels.internal_unique2(true, false, true);
-        let any_pos = b > 0 && counts.max().int64_value(&[]) > 1;
-        let any_neg = counts.size()[0] > 1;
-        if b == 0 || (self.epsilon.is_some() && !(any_pos && any_neg)) {
+        // (decided by the global labels and the memory: the same on every share, no
+        // collective). Against a memory every anchor has its own copy as a positive.
+        let (any_pos, any_neg) = match &reference {
+            None => {
+                let (_, _, counts) = labels.internal_unique2(true, false, true);
+                (
+                    b > 0 && counts.max().int64_value(&[]) > 1,
+                    counts.size()[0] > 1,
+                )
+            }
+            Some(r) => (b > 0 && r.rows.size()[0] > 0, r.any_negative(&labels)),
+        };
+        let empty = reference.as_ref().is_some_and(|r| r.rows.size()[0] == 0);
+        if b == 0 || empty || (self.epsilon.is_some() && !(any_pos && any_neg)) {
             return Ok(LossOutput {
                 loss: zero_loss(emb),
                 stats: acc.finish(b),
             });
         }
-        let rows = chunk_rows(shard.len.max(1), b, self.budget);
+        let m = reference.as_ref().map_or(b, |r| r.rows.size()[0]);
+        let rows = chunk_rows(shard.len.max(1), m, self.budget);
         let single = shard.covers(b) && rows >= b;
         let leaf = Leaf::new(emb);
         with_grad(|| {
@@ -120,9 +141,20 @@ impl MetricLoss for MultiSimilarityLoss {
             while start < end {
                 let len = rows.min(end - start);
                 let x = leaf.rows(start, len);
-                let s = x.matmul(&leaf.leaf.tr());
-                let (pos, neg) = label_masks(&labels, start, len);
-                let (pm, nm) = self.mine(&s, &pos, &neg);
+                let (s, pm, nm) = match &reference {
+                    None => {
+                        let s = x.matmul(&leaf.leaf.tr());
+                        let (pos, neg) = label_masks(&labels, start, len);
+                        let (pm, nm) = self.mine(&s, &pos, &neg);
+                        (s, pm, nm)
+                    }
+                    Some(r) => {
+                        let s = x.matmul(&r.rows.tr());
+                        let (pos, neg, own) = memory_masks(&labels, start, len, &r.labels, &r.own);
+                        let (pm, nm) = self.mine(&s, &pos, &neg);
+                        (s, pm.logical_and(&own.logical_not()), nm)
+                    }
+                };
                 let pos_exp = (&s * -1.0) + self.base; // base − S
                 let neg_exp = &s - self.base;
                 let losses =
@@ -164,6 +196,22 @@ impl MetricLoss for MultiSimilarityLoss {
                 stats: acc.finish(b),
             })
         })
+    }
+}
+
+impl MetricLoss for MultiSimilarityLoss {
+    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput> {
+        self.compute_against(emb, labels, None, shard)
+    }
+
+    fn compute_memory_shard(
+        &self,
+        emb: &Tensor,
+        labels: &Tensor,
+        memory: &MemoryView,
+        shard: &Shard,
+    ) -> Result<LossOutput> {
+        self.compute_against(emb, labels, Some(memory), shard)
     }
 
     fn name(&self) -> String {

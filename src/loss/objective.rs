@@ -11,6 +11,19 @@ use crate::config::{Config, DistillKind, LossName};
 use crate::error::{Error, Result};
 use crate::model::HeadOutput;
 
+/// What [`Objective::memory_shard`] returns.
+#[derive(Debug)]
+pub struct MemoryOutput {
+    /// This share's part of `xbm.weight` × the memory loss, 0-d and differentiable.
+    pub share: Tensor,
+    /// The whole memory loss (unweighted), the same on every share.
+    pub value: f64,
+    /// Mining statistics of the whole batch against the first embedding's memory.
+    pub stats: MiningStats,
+    /// Rows of the memory the loss read.
+    pub rows: i64,
+}
+
 /// What [`Objective::compute_shard`] returns.
 #[derive(Debug)]
 pub struct ObjectiveOutput {
@@ -52,6 +65,8 @@ pub struct Objective {
     ce: SmoothedCrossEntropy,
     ce_weight: f64,
     distill: Option<(DistillKind, f64)>,
+    /// `xbm.weight`.
+    memory_weight: f64,
 }
 
 impl std::fmt::Debug for Objective {
@@ -82,12 +97,18 @@ impl Objective {
             },
             ce_weight: cfg.loss.ce_weight,
             distill,
+            memory_weight: cfg.xbm.weight,
         })
     }
 
     /// True when the objective needs classifier logits (Group Loss).
     pub fn needs_logits(&self) -> bool {
         self.group.is_some()
+    }
+
+    /// `xbm.weight`: the memory loss's weight in the objective.
+    pub fn memory_weight(&self) -> f64 {
+        self.memory_weight
     }
 
     /// True when the objective needs the teacher's embeddings.
@@ -174,6 +195,52 @@ impl Objective {
             share,
             value: value[0],
             stats: stats.unwrap_or_default(),
+        })
+    }
+
+    /// This share's part of the cross-batch-memory term: `xbm.weight` × the metric loss
+    /// of every embedding of `out` (the objective's inputs over the global batch) against
+    /// its memory, `memory[i]` for `out.embeddings[i]` ([`MetricLoss::compute_memory_shard`]).
+    /// [`MemoryOutput::value`] is the unweighted sum over embeddings and shares (one
+    /// collective of one f64).
+    pub fn memory_shard(
+        &self,
+        out: &HeadOutput,
+        labels: &Tensor,
+        memory: &[super::xbm::MemoryView],
+        shard: &Shard,
+    ) -> Result<MemoryOutput> {
+        let metric = self.metric.as_ref().ok_or_else(|| {
+            Error::Config(
+                "xbm.size: the cross-batch memory needs loss.name = triplet or multi_similarity"
+                    .into(),
+            )
+        })?;
+        if memory.len() != out.embeddings.len() {
+            return Err(Error::Train(format!(
+                "cross-batch memory: {} rings for {} embeddings",
+                memory.len(),
+                out.embeddings.len()
+            )));
+        }
+        let mut terms = Vec::new();
+        let mut stats = None;
+        for (e, view) in out.embeddings.iter().zip(memory) {
+            let lo = metric.compute_memory_shard(e, labels, view, shard)?;
+            terms.push(lo.loss);
+            stats.get_or_insert(lo.stats);
+        }
+        let sum = terms
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .ok_or_else(|| Error::Config("the head has no embedding".into()))?;
+        let mut value = [sum.double_value(&[])];
+        shard.sum(&mut value)?;
+        Ok(MemoryOutput {
+            share: sum * self.memory_weight,
+            value: value[0],
+            stats: stats.unwrap_or_default(),
+            rows: memory.first().map_or(0, |m| m.rows.size()[0]),
         })
     }
 

@@ -19,8 +19,9 @@
 use tch::{Kind, Tensor};
 
 use super::chunk::{scalar, with_grad, zero_loss, Leaf, DEFAULT_BUDGET};
-use super::distance::{chunk_rows, label_masks, Distance};
+use super::distance::{chunk_rows, label_masks, memory_masks, Distance};
 use super::stats::{count, StatsAcc};
+use super::xbm::{MemoryView, Reference};
 use super::{check_inputs, LossOutput, MetricLoss, Shard};
 use crate::error::Result;
 
@@ -107,16 +108,18 @@ impl TripletLoss {
         }
     }
 
-    /// Batch-hard triplets of rows `start..start+len`.
+    /// Batch-hard triplets of one chunk of anchors with badness `d` `[len, M]` and label
+    /// masks `pos`, `neg`; with `own` (the anchors' own copies in a cross-batch memory,
+    /// `[len, M]`), triplets whose hardest positive is that copy are removed after mining,
+    /// as PML's `remove_self_comparisons` does.
     fn batch_hard(
         &self,
         d: &Tensor,
-        labels: &Tensor,
-        start: i64,
-        len: i64,
+        pos: &Tensor,
+        neg: &Tensor,
+        own: Option<&Tensor>,
         acc: &mut StatsAcc,
     ) -> Part {
-        let (pos, neg) = label_masks(labels, start, len);
         let dd = d.detach();
         let (_, hp) = dd
             .masked_fill(&pos.logical_not(), f64::NEG_INFINITY)
@@ -124,7 +127,11 @@ impl TripletLoss {
         let (_, hn) = dd
             .masked_fill(&neg.logical_not(), f64::INFINITY)
             .min_dim(1, false);
-        let keep = pos.any_dim(1, false).logical_and(&neg.any_dim(1, false));
+        let mut keep = pos.any_dim(1, false).logical_and(&neg.any_dim(1, false));
+        if let Some(own) = own {
+            let chosen_own = own.gather(1, &hp.unsqueeze(1), false).squeeze_dim(1);
+            keep = keep.logical_and(&chosen_own.logical_not());
+        }
         let a = keep.nonzero().squeeze_dim(1);
         let p = hp.index_select(0, &a);
         let n = hn.index_select(0, &a);
@@ -145,21 +152,20 @@ impl TripletLoss {
         }
     }
 
-    /// Dense triplets (`All`, `SemiHard`, `None`) of rows `start..start+len`; `p_max` is
-    /// the largest number of positives of an anchor.
-    #[allow(clippy::too_many_arguments)]
+    /// Dense triplets (`All`, `SemiHard`, `None`) of one chunk of anchors with badness
+    /// `d` `[len, M]` and label masks `pos` (without the anchor itself), `neg`; `p_max` is
+    /// at least the largest number of positives of an anchor.
     fn dense(
         &self,
         d: &Tensor,
-        labels: &Tensor,
-        start: i64,
-        len: i64,
+        pos: &Tensor,
+        neg: &Tensor,
         p_max: i64,
         acc: &mut StatsAcc,
     ) -> Part {
-        let (pos, neg) = label_masks(labels, start, len);
         // Column indices of each row's positives in increasing order, padded.
         let (_, order) = pos.to_kind(Kind::Int8).sort_stable(true, 1, true);
+        let p_max = p_max.min(pos.size()[1]);
         let pidx = order.narrow(1, 0, p_max);
         let pvalid = pos.gather(1, &pidx, false);
         let dp = d.gather(1, &pidx, false); // [len, P]
@@ -202,24 +208,38 @@ fn max_positives(labels: &Tensor) -> i64 {
     counts.max().int64_value(&[]) - 1
 }
 
-impl MetricLoss for TripletLoss {
-    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput> {
+impl TripletLoss {
+    /// The terms of the shard's anchors against the batch itself (`memory = None`) or
+    /// against a cross-batch memory, reduced as PML's `AvgNonZeroReducer` over all shares.
+    fn compute_against(
+        &self,
+        emb: &Tensor,
+        labels: &Tensor,
+        memory: Option<&MemoryView>,
+        shard: &Shard,
+    ) -> Result<LossOutput> {
         check_inputs(emb, labels)?;
         let labels = labels.to_device(emb.device());
         let b = emb.size()[0];
         shard.check(b)?;
-        let p_max = max_positives(&labels);
+        let reference = memory.map(|m| Reference::new(m, emb)).transpose()?;
+        let p_max = match &reference {
+            None => max_positives(&labels),
+            Some(r) => r.max_positives(&labels),
+        };
         let mut acc = StatsAcc::default();
         if b == 0 || p_max <= 0 {
-            // Decided by the global labels: the same on every share, no collective.
+            // Decided by the global labels (and the memory, the same on every share): no
+            // collective.
             return Ok(LossOutput {
                 loss: zero_loss(emb),
                 stats: acc.finish(b),
             });
         }
+        let m = reference.as_ref().map_or(b, |r| r.rows.size()[0]);
         let per_row = match self.miner {
-            TripletMiner::BatchHard => b,
-            _ => b * p_max,
+            TripletMiner::BatchHard => m,
+            _ => m * p_max,
         };
         let rows = chunk_rows(shard.len.max(1), per_row, self.budget);
         let leaf = Leaf::new(emb);
@@ -233,10 +253,30 @@ impl MetricLoss for TripletLoss {
             while start < end {
                 let len = rows.min(end - start);
                 let x = leaf.rows(start, len);
-                let d = self.distance.badness(&x, &leaf.leaf);
-                let part = match self.miner {
-                    TripletMiner::BatchHard => self.batch_hard(&d, &labels, start, len, &mut acc),
-                    _ => self.dense(&d, &labels, start, len, p_max, &mut acc),
+                let part = match &reference {
+                    None => {
+                        let d = self.distance.badness(&x, &leaf.leaf);
+                        let (pos, neg) = label_masks(&labels, start, len);
+                        match self.miner {
+                            TripletMiner::BatchHard => {
+                                self.batch_hard(&d, &pos, &neg, None, &mut acc)
+                            }
+                            _ => self.dense(&d, &pos, &neg, p_max, &mut acc),
+                        }
+                    }
+                    Some(r) => {
+                        let d = self.distance.badness(&x, &r.rows);
+                        let (pos, neg, own) = memory_masks(&labels, start, len, &r.labels, &r.own);
+                        match self.miner {
+                            TripletMiner::BatchHard => {
+                                self.batch_hard(&d, &pos, &neg, Some(&own), &mut acc)
+                            }
+                            _ => {
+                                let pos = pos.logical_and(&own.logical_not());
+                                self.dense(&d, &pos, &neg, p_max, &mut acc)
+                            }
+                        }
+                    }
                 };
                 if single {
                     kept = Some(part.terms);
@@ -271,6 +311,22 @@ impl MetricLoss for TripletLoss {
             };
             Ok(LossOutput { loss, stats })
         })
+    }
+}
+
+impl MetricLoss for TripletLoss {
+    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput> {
+        self.compute_against(emb, labels, None, shard)
+    }
+
+    fn compute_memory_shard(
+        &self,
+        emb: &Tensor,
+        labels: &Tensor,
+        memory: &MemoryView,
+        shard: &Shard,
+    ) -> Result<LossOutput> {
+        self.compute_against(emb, labels, Some(memory), shard)
     }
 
     fn name(&self) -> String {

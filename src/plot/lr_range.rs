@@ -8,14 +8,21 @@ use crate::error::Result;
 
 /// Writes the LR range test picture to `path`: raw and smoothed (bias-corrected EMA,
 /// β = [`EMA_BETA`]) loss against learning rate on a log x axis, with dashed vertical
-/// markers at `suggested` = (base lr, max lr). Size [`CHART_SIZE`].
+/// markers at `suggested` = (base lr, max lr) and at `collapsed`, the rate at which the
+/// embedding had collapsed ([`crate::train::lr_find::SPREAD_COLLAPSED`]), if any. Size
+/// [`CHART_SIZE`].
 ///
 /// ```no_run
 /// let pts: Vec<(f64, f64)> = (0..50).map(|i| (1e-6 * 1.3f64.powi(i), 1.0 / (1.0 + i as f64))).collect();
-/// dml::plot::plot_lr_range(&pts, (1e-4, 1e-3), std::path::Path::new("lr_find.png"))?;
+/// dml::plot::plot_lr_range(&pts, (1e-4, 1e-3), None, std::path::Path::new("lr_find.png"))?;
 /// # Ok::<(), dml::Error>(())
 /// ```
-pub fn plot_lr_range(points: &[(f64, f64)], suggested: (f64, f64), path: &Path) -> Result<()> {
+pub fn plot_lr_range(
+    points: &[(f64, f64)],
+    suggested: (f64, f64),
+    collapsed: Option<f64>,
+    path: &Path,
+) -> Result<()> {
     let smooth = ema(&points.iter().map(|p| p.1).collect::<Vec<_>>(), EMA_BETA);
     let spec = ChartSpec {
         title: "LR range test".into(),
@@ -34,14 +41,19 @@ pub fn plot_lr_range(points: &[(f64, f64)], suggested: (f64, f64), path: &Path) 
             },
         ],
     };
-    let marks: Vec<VLine> = [(suggested.0, "base lr"), (suggested.1, "max lr")]
-        .into_iter()
-        .filter(|(x, _)| x.is_finite() && *x > 0.0)
-        .map(|(x, n)| VLine {
-            x,
-            name: format!("{n} {}", super::chart::format_number(x)),
-        })
-        .collect();
+    let collapsed = collapsed.unwrap_or(f64::NAN);
+    let marks: Vec<VLine> = [
+        (suggested.0, "base lr"),
+        (suggested.1, "max lr"),
+        (collapsed, "collapsed"),
+    ]
+    .into_iter()
+    .filter(|(x, _)| x.is_finite() && *x > 0.0)
+    .map(|(x, n)| VLine {
+        x,
+        name: format!("{n} {}", super::chart::format_number(x)),
+    })
+    .collect();
     let img = render_chart_marked(&spec, &marks, CHART_SIZE.0, CHART_SIZE.1)?;
     save_png(&img, path)
 }

@@ -13,10 +13,18 @@ pub const CHART_SIZE: (u32, u32) = (800, 500);
 /// Height of each of mining.png's two stacked panels (counts above, similarities and
 /// fractions below) when both kinds of statistics are present.
 pub const PANEL_HEIGHT: u32 = 400;
-/// Mining statistics counted in pairs or triplets (mining.png's first panel).
-pub const MINING_COUNTS: [&str; 2] = ["active", "mined"];
-/// Mining statistics in [-1, 1] (mining.png's second panel).
-pub const MINING_RATIOS: [&str; 3] = ["pos_sim_mean", "neg_sim_mean", "contributing_fraction"];
+/// Mining statistics counted in pairs or triplets (mining.png's first panel), the
+/// cross-batch memory's among them when the run has one.
+pub const MINING_COUNTS: [&str; 4] = ["active", "mined", "xbm_active", "xbm_mined"];
+/// Mining statistics in [-1, 1] and the embedding's spread (mining.png's second panel).
+pub const MINING_RATIOS: [&str; 6] = [
+    "pos_sim_mean",
+    "neg_sim_mean",
+    "contributing_fraction",
+    "embedding_spread",
+    "xbm_pos_sim_mean",
+    "xbm_neg_sim_mean",
+];
 /// Smoothing factor of the "smoothed" loss line (bias-corrected exponential moving average).
 pub const EMA_BETA: f64 = 0.9;
 

@@ -1,5 +1,5 @@
 //! Checkpoints: `RUN/checkpoints/step-N/` with the weights, the optimiser state, the SWA
-//! average (if any) and the loop state (step and sampler state; the loader's random
+//! average and the cross-batch memory (if any) and the loop state (step and sampler state; the loader's random
 //! numbers are a pure function of seed, step and position, so they need no state).
 //! Written by rank 0 to `step-N.tmp`; every file and the directory are synced, then it
 //! is renamed and the parent synced ([`publish_dir`]), so neither a crash nor a power
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::sampler::SamplerState;
 use crate::error::{Error, Result};
+use crate::loss::xbm::CrossBatchMemory;
 use crate::model::{tensor_file, Model};
 use crate::optim::{Adam, Swa};
 
@@ -26,6 +27,9 @@ pub struct LoopState {
     pub dnc: Option<super::dnc::DncState>,
 }
 
+/// The cross-batch memory's file in a checkpoint directory.
+pub const MEMORY_FILE: &str = "xbm.safetensors";
+
 /// The checkpoint directory for `step`.
 pub fn dir_for(run: &Path, step: usize) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step}"))
@@ -37,6 +41,7 @@ pub fn save(
     model: &Model,
     optim: &Adam,
     swa: Option<&Swa>,
+    memory: Option<&CrossBatchMemory>,
     state: &LoopState,
     keep: usize,
 ) -> Result<()> {
@@ -50,6 +55,9 @@ pub fn save(
     tensor_file::write(&tmp.join("optimizer.safetensors"), &optim.state())?;
     if let Some(swa) = swa {
         tensor_file::write(&tmp.join("swa.safetensors"), &swa.state())?;
+    }
+    if let Some(memory) = memory {
+        tensor_file::write(&tmp.join(MEMORY_FILE), &memory.state())?;
     }
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Train(e.to_string()))?;
     write_synced(&tmp.join("state.json"), json.as_bytes())?;
@@ -120,13 +128,14 @@ pub fn list(run: &Path) -> Result<Vec<usize>> {
     Ok(steps)
 }
 
-/// Loads the newest checkpoint of `run` into `model`, `optim` and `swa`; returns its loop
-/// state.
+/// Loads the newest checkpoint of `run` into `model`, `optim`, `swa` and `memory`;
+/// returns its loop state.
 pub fn load_latest(
     run: &Path,
     model: &mut Model,
     optim: &mut Adam,
     swa: Option<&mut Swa>,
+    memory: Option<&mut CrossBatchMemory>,
 ) -> Result<LoopState> {
     let step = list(run)?.into_iter().max().ok_or_else(|| {
         Error::Train(format!(
@@ -152,6 +161,16 @@ pub fn load_latest(
         }
         let avg = tensor_file::read(&path)?;
         swa.load_state(&avg)?;
+    }
+    if let Some(memory) = memory {
+        let path = dir.join(MEMORY_FILE);
+        if !path.is_file() {
+            return Err(Error::Train(format!(
+                "{} is missing: was the run started without xbm.size?",
+                path.display()
+            )));
+        }
+        memory.load_state(&tensor_file::read(&path)?, model.device())?;
     }
     Ok(state)
 }

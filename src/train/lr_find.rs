@@ -1,6 +1,13 @@
 //! The learning-rate range test (Smith 2017): train with a learning rate that ramps
 //! linearly from `start` to `end`, record the loss at each step, and suggest the base
 //! (where the loss starts falling) and the maximum (where it turns) of a cyclic policy.
+//!
+//! A metric loss can also fall because the embedding **collapses**: with every image
+//! mapped to nearly one point, a triplet loss sits at its margin and looks lower than
+//! where it started. The test therefore also records the spread of each batch's
+//! embeddings ([`crate::train::step::embedding_spread`]), suggests only rates of steps whose
+//! spread is at least [`SPREAD_KEPT`] of its peak so far, and ends the ramp once the
+//! smoothed spread falls below [`SPREAD_COLLAPSED`] of its peak.
 use crate::config::Config;
 use crate::data::loader::TrainLoader;
 use crate::dist::Comm;
@@ -20,20 +27,35 @@ pub struct LrRamp {
     pub steps: usize,
 }
 
+/// Suggestions come only from steps whose embedding spread is at least this fraction of
+/// the largest spread of the steps up to them.
+pub const SPREAD_KEPT: f64 = 0.5;
+/// The ramp ends once the smoothed embedding spread falls below this fraction of its peak
+/// (the embedding has collapsed).
+pub const SPREAD_COLLAPSED: f64 = 0.1;
+
 /// What the test measured and suggests.
 #[derive(Debug, Clone)]
 pub struct LrFindResult {
     /// (learning rate, loss) per step, in order.
     pub points: Vec<(f64, f64)>,
+    /// The embedding spread of each step's global batch, in the same order.
+    pub spreads: Vec<f64>,
     /// Suggested `optim.lr` (cyclic base).
     pub base: f64,
     /// Suggested `lr.max_lr`.
     pub max: f64,
+    /// Steps left out of the suggestions: their spread was below [`SPREAD_KEPT`] of the
+    /// peak before them.
+    pub low_spread_steps: usize,
+    /// The learning rate at which the ramp ended because the embedding had collapsed
+    /// (smoothed spread below [`SPREAD_COLLAPSED`] of its peak), if it did.
+    pub collapsed_at: Option<f64>,
 }
 
 /// Runs the range test with the model, data and objective of `cfg` on every rank (the
 /// global batch as in training). Stops early once the smoothed loss exceeds four times its
-/// minimum or is not finite.
+/// minimum or is not finite, or the embedding has collapsed ([`SPREAD_COLLAPSED`]).
 ///
 /// ```no_run
 /// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
@@ -70,33 +92,85 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
         ramp.steps as u64,
     )?;
     let env = step_env(cfg, &model, &objective, comm, teacher.as_ref());
-    let mut points = Vec::new();
+    let (mut points, mut spreads) = (Vec::new(), Vec::new());
     let mut smooth = Smoother::new(0.9);
+    let mut spread = Smoother::new(0.9);
+    let mut collapsed_at = None;
     while let Some(batch) = loader.try_next()? {
         let i = batch.step as usize;
         let lr = lr_range(ramp.start, ramp.end, ramp.steps, i);
         let model_step = step::train_step(&env, &mut optim, &batch, lr, i + 1, None);
-        let loss = match model_step {
-            Ok(out) => out.loss,
+        let out = match model_step {
+            Ok(out) => out,
             Err(Error::Train(_)) => break, // a non-finite loss ends the ramp
             Err(e) => return Err(e),
         };
-        points.push((lr, loss));
-        let s = smooth.push(loss);
-        if s > 4.0 * smooth.min && i > 4 {
+        points.push((lr, out.loss));
+        spreads.push(out.embedding_spread);
+        let s = smooth.push(out.loss);
+        let e = spread.push(out.embedding_spread);
+        if i > 4 && e < SPREAD_COLLAPSED * spread.max {
+            collapsed_at = Some(lr);
+            break;
+        }
+        if i > 4 && s > 4.0 * smooth.min {
             break;
         }
     }
-    let (base, max) = suggest(&points)?;
-    Ok(LrFindResult { points, base, max })
+    let kept = spread_kept(&spreads);
+    let healthy: Vec<(f64, f64)> = points
+        .iter()
+        .zip(&kept)
+        .filter(|(_, &k)| k)
+        .map(|(p, _)| *p)
+        .collect();
+    if healthy.len() < 3 && points.len() >= 3 {
+        return Err(Error::Train(format!(
+            "lr-find: the embedding's spread fell below {:.0}% of its peak within the first steps (only {} of {} kept it, up to lr {:.2e}); lower --start and --end",
+            100.0 * SPREAD_KEPT,
+            healthy.len(),
+            points.len(),
+            healthy.last().map_or(ramp.start, |p| p.0)
+        )));
+    }
+    let (base, max) = suggest(&healthy)?;
+    Ok(LrFindResult {
+        low_spread_steps: points.len() - healthy.len(),
+        points,
+        spreads,
+        base,
+        max,
+        collapsed_at,
+    })
 }
 
-/// Exponential moving average with bias correction, tracking its minimum.
+/// Which steps of a range test kept their embedding spread: those whose spread is at
+/// least [`SPREAD_KEPT`] of the largest spread up to and including them.
+///
+/// ```
+/// // The spread grows from 0.2 to 0.4 with one dip, then collapses towards 0.
+/// let spreads = [0.2, 0.3, 0.4, 0.15, 0.4, 0.3, 0.1, 0.01];
+/// let kept = dml::train::lr_find::spread_kept(&spreads);
+/// assert_eq!(kept, [true, true, true, false, true, true, false, false]);
+/// ```
+pub fn spread_kept(spreads: &[f64]) -> Vec<bool> {
+    let mut peak = f64::NEG_INFINITY;
+    spreads
+        .iter()
+        .map(|&x| {
+            peak = peak.max(x);
+            x >= SPREAD_KEPT * peak
+        })
+        .collect()
+}
+
+/// Exponential moving average with bias correction, tracking its extremes.
 struct Smoother {
     beta: f64,
     avg: f64,
     n: i32,
     min: f64,
+    max: f64,
 }
 
 impl Smoother {
@@ -106,6 +180,7 @@ impl Smoother {
             avg: 0.0,
             n: 0,
             min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
         }
     }
 
@@ -114,6 +189,7 @@ impl Smoother {
         self.avg = self.beta * self.avg + (1.0 - self.beta) * x;
         let s = self.avg / (1.0 - self.beta.powi(self.n));
         self.min = self.min.min(s);
+        self.max = self.max.max(s);
         s
     }
 }

@@ -10,6 +10,7 @@ pub mod reality_check;
 pub mod step;
 pub mod validate;
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::data::sampler::{rank_slice, Sampler};
 use crate::data::Dataset;
 use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
+use crate::loss::xbm::CrossBatchMemory;
 use crate::loss::Objective;
 use crate::model::Model;
 use crate::optim::{learning_rate, Adam, ParamGroup, Swa};
@@ -78,10 +80,12 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
         validation,
         weight_watch: None,
     };
+    let mut memory = (cfg.xbm.size > 0).then(|| CrossBatchMemory::new(&cfg.xbm));
     let (start, dnc_state) = match resume {
-        true => lp.resume(run, &mut model, &sampler)?,
+        true => lp.resume(run, &mut model, memory.as_mut(), &sampler)?,
         false => (0, None),
     };
+    let memory = memory.map(RefCell::new);
     broadcast_model(&model, comm)?;
     lp.weight_watch = Some((weights_norm(&model)?, cfg.train.warn_weight_growth));
     if comm.rank() == 0 {
@@ -90,7 +94,8 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
     }
     let mut log = log::RunLog::open(run, comm.rank(), start, total, cfg.train.log_every)?;
     let mut schedule = dnc::Schedule::new(train.clone(), indices, sampler.clone(), dnc_state);
-    let env = step_env(cfg, &model, &objective, comm, teacher.as_ref());
+    let mut env = step_env(cfg, &model, &objective, comm, teacher.as_ref());
+    env.memory = memory.as_ref();
     let mut next = start;
     while next < total {
         let phase = schedule.phase(next, total, cfg, &model, comm)?;
@@ -119,9 +124,10 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
                 sampler: sampler.state(step as u64),
                 dnc: schedule.state.clone(),
             };
-            lp.checkpoint(cfg, comm, run, &model, &state, total, false)?;
+            let mem = memory.as_ref();
+            lp.checkpoint(cfg, comm, run, &model, mem, &state, total, false)?;
             if let Some(signal) = stop_requested(comm)? {
-                lp.checkpoint(cfg, comm, run, &model, &state, total, true)?;
+                lp.checkpoint(cfg, comm, run, &model, mem, &state, total, true)?;
                 comm.barrier()?;
                 return Ok(RunEnd::Stopped { step, signal });
             }
@@ -198,9 +204,11 @@ impl Loop {
         &mut self,
         run: &Path,
         model: &mut Model,
+        memory: Option<&mut CrossBatchMemory>,
         sampler: &Sampler,
     ) -> Result<(usize, Option<dnc::DncState>)> {
-        let state = checkpoint::load_latest(run, model, &mut self.optim, self.swa.as_mut())?;
+        let state =
+            checkpoint::load_latest(run, model, &mut self.optim, self.swa.as_mut(), memory)?;
         sampler.check_state(&state.sampler)?;
         if let Some(v) = self.validation.as_mut() {
             v.restore_best(run);
@@ -235,8 +243,22 @@ impl Loop {
                 "comm_s": out.comm_seconds,
                 "comm_wait_s": out.comm_wait_seconds,
                 "objective_s": out.objective_seconds,
+                "embedding_spread": out.embedding_spread,
             }),
         );
+        if let Some(m) = &out.memory {
+            merge(
+                &mut extra,
+                json!({
+                    "xbm_rows": m.rows,
+                    "xbm_loss": m.loss,
+                    "xbm_active": m.stats.active,
+                    "xbm_mined": m.stats.mined,
+                    "xbm_pos_sim_mean": m.stats.pos_sim_mean,
+                    "xbm_neg_sim_mean": m.stats.neg_sim_mean,
+                }),
+            );
+        }
         let every = cfg.train.log_every;
         match out.grad_norm {
             Some(norm) if every > 0 && (step % every == 0 || step == 1) => {
@@ -297,6 +319,7 @@ impl Loop {
         comm: &dyn Comm,
         run: &Path,
         model: &Model,
+        memory: Option<&RefCell<CrossBatchMemory>>,
         state: &LoopState,
         total: usize,
         now: bool,
@@ -311,6 +334,7 @@ impl Loop {
             model,
             &self.optim,
             self.swa.as_ref(),
+            memory.map(|m| m.borrow()).as_deref(),
             state,
             cfg.train.keep_checkpoints,
         )
@@ -354,6 +378,8 @@ pub fn step_env<'a>(
         autocast: use_autocast(cfg, model),
         max_grad_norm: cfg.train.max_grad_norm,
         grad_norm_every: cfg.train.log_every,
+        memory: None,
+        memory_start: cfg.xbm.start,
     }
 }
 

@@ -14,11 +14,14 @@
 //! graph. Gradients before the gather (trunk, local head) are summed across ranks during
 //! that backward ([`GradSync`]), those after it averaged (they are the same on every
 //! rank).
+use std::cell::RefCell;
+
 use tch::Tensor;
 
 use crate::data::loader::Batch;
 use crate::dist::{self, Comm, GradSync};
 use crate::error::{Error, Result};
+use crate::loss::xbm::{CrossBatchMemory, MemoryView};
 use crate::loss::{MiningStats, Objective, Shard};
 use crate::model::{HeadOutput, Model};
 use crate::optim::Adam;
@@ -47,6 +50,22 @@ pub struct StepEnv<'a> {
     /// Measure the gradients' norm every this many steps even without clipping
     /// (`train.log_every`; 0: only when clipping).
     pub grad_norm_every: usize,
+    /// The cross-batch memory (`[xbm]`), the same on every rank; each step from
+    /// `memory_start` on enqueues its global batch into it and adds the memory loss.
+    pub memory: Option<&'a RefCell<CrossBatchMemory>>,
+    /// `xbm.start`: the first step (1-based) that uses the memory.
+    pub memory_start: usize,
+}
+
+/// What the cross-batch memory contributed to a step.
+#[derive(Debug, Clone)]
+pub struct MemoryStep {
+    /// Rows of the memory the loss read (this step's batch included).
+    pub rows: i64,
+    /// The memory loss, unweighted.
+    pub loss: f64,
+    /// Mining statistics of the batch against the memory.
+    pub stats: MiningStats,
 }
 
 /// What one step produced.
@@ -71,6 +90,11 @@ pub struct StepOutput {
     /// The total L2 norm of the reduced gradients before clipping (identical on every
     /// rank), on the steps it was measured.
     pub grad_norm: Option<f64>,
+    /// The spread of the global batch's test embeddings, [`embedding_spread`]: near 0
+    /// when every image maps to the same point (a collapsed embedding).
+    pub embedding_spread: f64,
+    /// The cross-batch memory's part, on the steps that used it.
+    pub memory: Option<MemoryStep>,
 }
 
 /// Runs `f`, adding its duration in seconds to `acc`.
@@ -121,10 +145,31 @@ pub fn forward_backward(
         None => None,
     };
     let mut out = model.forward_global(&gathered, key);
+    let spread = embedding_spread(&out.test)?;
+    // The memory takes the whole embeddings (its views slice them as the step does).
+    let memory = match env.memory.filter(|_| step >= env.memory_start) {
+        Some(cell) => {
+            let mut memory = cell.borrow_mut();
+            let own = memory.enqueue(&out.embeddings, &global_labels)?;
+            let views = (0..out.embeddings.len())
+                .map(|i| memory.view(i, &own, slice))
+                .collect::<Result<Vec<_>>>()?;
+            Some(views)
+        }
+        None => None,
+    };
     if let Some((c, k)) = slice {
         out = out.slice(c, k)?;
     }
-    let share = objective_backward(env, &out, &global_labels, teacher.as_ref(), rows, step)?;
+    let share = objective_backward(
+        env,
+        &out,
+        &global_labels,
+        teacher.as_ref(),
+        memory.as_deref(),
+        rows,
+        step,
+    )?;
     comm_s += share.comm_seconds;
     let own_rows = parts
         .iter()
@@ -155,6 +200,8 @@ pub fn forward_backward(
     })?;
     Ok(StepOutput {
         grad_norm: None,
+        embedding_spread: spread,
+        memory: share.memory,
         loss: share.loss,
         stats: share.stats,
         step_seconds: started.elapsed().as_secs_f64(),
@@ -164,10 +211,36 @@ pub fn forward_backward(
     })
 }
 
+/// The spread of a batch of embeddings `e` (`[B, d]`): `1 − ‖mean_i ê_i‖²` of the
+/// L2-normalised rows ê_i, which is the mean of `1 − cos(e_i, e_j)` over all B² ordered
+/// pairs (self-pairs included). 0 when every row points the same way; `1 − 1/B` for B
+/// orthogonal rows; about 1 for many rows spread over the sphere.
+///
+/// ```
+/// use tch::Tensor;
+/// let same = Tensor::from_slice(&[1.0f64, 2.0, 2.0, 4.0]).view([2, 2]);
+/// assert!(dml::train::step::embedding_spread(&same)?.abs() < 1e-12);
+/// let orthogonal = Tensor::from_slice(&[3.0f64, 0.0, 0.0, 0.5]).view([2, 2]);
+/// assert!((dml::train::step::embedding_spread(&orthogonal)? - 0.5).abs() < 1e-12);
+/// # Ok::<(), dml::Error>(())
+/// ```
+pub fn embedding_spread(e: &Tensor) -> Result<f64> {
+    let mean = tch::no_grad(|| {
+        crate::loss::distance::normalize(&e.to_kind(tch::Kind::Double)).mean_dim(
+            [0i64].as_slice(),
+            false,
+            tch::Kind::Double,
+        )
+    });
+    let squared = f64::try_from(mean.dot(&mean))?;
+    Ok(1.0 - squared)
+}
+
 /// What [`objective_backward`] leaves besides the gradients.
 struct ShareOutput {
     loss: f64,
     stats: MiningStats,
+    memory: Option<MemoryStep>,
     seconds: f64,
     comm_seconds: f64,
 }
@@ -182,6 +255,7 @@ fn objective_backward(
     out: &HeadOutput,
     labels: &Tensor,
     teacher: Option<&Tensor>,
+    memory: Option<&[MemoryView]>,
     rows: i64,
     step: usize,
 ) -> Result<ShareOutput> {
@@ -200,14 +274,28 @@ fn objective_backward(
     let objective = env
         .objective
         .compute_shard(&inputs, labels, teacher, &shard)?;
-    let loss = objective.value;
+    let mut loss = objective.value;
+    let mut share = objective.share;
+    let memory = match memory {
+        Some(views) => {
+            let m = env.objective.memory_shard(&inputs, labels, views, &shard)?;
+            loss += env.objective.memory_weight() * m.value;
+            share = &share + &m.share;
+            Some(MemoryStep {
+                rows: m.rows,
+                loss: m.value,
+                stats: m.stats,
+            })
+        }
+        None => None,
+    };
     if !loss.is_finite() {
         return Err(Error::Train(format!(
             "loss is {loss} at step {step}: lower optim.lr (or set train.max_grad_norm), or check the data"
         )));
     }
-    if objective.share.requires_grad() {
-        objective.share.backward();
+    if share.requires_grad() {
+        share.backward();
     }
     // dL/d(inputs) = Σ_r dL_r/d(inputs), the same on every rank, then back through the
     // head's global half: G = dL/dE (and the post-gather gradients) as on one process.
@@ -230,6 +318,7 @@ fn objective_backward(
     Ok(ShareOutput {
         loss,
         stats: objective.stats,
+        memory,
         seconds: objective_started.elapsed().as_secs_f64(),
         comm_seconds,
     })

@@ -340,3 +340,42 @@ pub fn dmlds_version_1(v2: &[u8]) -> Vec<u8> {
     b.extend_from_slice(&json);
     b
 }
+
+/// The dml loss for one loss spec of the PML fixture scripts
+/// (`tools/make_loss_fixtures.py`, `tools/make_xbm_fixtures.py`): `kind` triplet (`miner`,
+/// `margin`, `soft`, `distance`) or multi_similarity (`alpha`, `beta`, `base`, `epsilon`),
+/// with the chunk budget `budget` (elements) or the default.
+pub fn spec_loss(spec: &serde_json::Value, budget: Option<i64>) -> Box<dyn dml::loss::MetricLoss> {
+    use dml::loss::{Distance, MultiSimilarityLoss, TripletLoss, TripletMiner};
+    let f = |k: &str| {
+        spec[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("spec {k}: {spec}"))
+    };
+    if spec["kind"] == "triplet" {
+        let miner = match spec["miner"].as_str().unwrap() {
+            "batch_hard" => TripletMiner::BatchHard,
+            "batch_all" => TripletMiner::All,
+            "semi_hard" => TripletMiner::SemiHard,
+            "none" => TripletMiner::None,
+            m => panic!("unknown miner {m}"),
+        };
+        let distance = match spec["distance"].as_str().unwrap() {
+            "euclidean" => Distance::Euclidean,
+            _ => Distance::Cosine,
+        };
+        let soft = spec["soft"].as_bool().unwrap();
+        let loss = TripletLoss::new(f("margin"), soft, miner, distance);
+        match budget {
+            Some(b) => Box::new(loss.with_budget(b)),
+            None => Box::new(loss),
+        }
+    } else {
+        let eps = spec["epsilon"].as_f64();
+        let loss = MultiSimilarityLoss::new(f("alpha"), f("beta"), f("base"), eps);
+        match budget {
+            Some(b) => Box::new(loss.with_budget(b)),
+            None => Box::new(loss),
+        }
+    }
+}
