@@ -1,6 +1,6 @@
 //! Parity of dml::optim with torch.optim (Adam, AdamW, CyclicLR, AveragedModel,
 //! update_bn). Fixtures: tests/fixtures/optim/, made by
-//! `/work/main/.venv/bin/python tools/make_optim_fixtures.py --out tests/fixtures/optim`
+//! `.venv/bin/python tools/make_optim_fixtures.py --out tests/fixtures/optim`
 //! (torch 2.13; the command is also recorded in cases.json and the safetensors metadata).
 use std::collections::HashMap;
 use std::path::PathBuf;

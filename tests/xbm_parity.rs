@@ -124,4 +124,9 @@ fn own_copy_is_never_a_positive() {
     assert_eq!(Vec::<i64>::try_from(&own).unwrap(), [3, 0, 1]);
     let view = memory.view(0, &own, None).unwrap();
     assert_eq!(Vec::<i64>::try_from(&view.labels).unwrap(), [2, 0, 1, 2]);
+    // Divide and Conquer: a view of slice 1 of 2 holds the second half of the columns.
+    let sliced = memory.view(0, &own, Some((1, 2))).unwrap();
+    assert_eq!(sliced.rows.size(), [4, 1]);
+    let whole = memory.view(0, &own, None).unwrap();
+    assert!(sliced.rows.equal(&whole.rows.narrow(1, 1, 1)));
 }

@@ -3,7 +3,7 @@
 
 Run from the repository root:
 
-    /work/main/.venv/bin/python tools/make_optim_fixtures.py --out tests/fixtures/optim
+    .venv/bin/python tools/make_optim_fixtures.py --out tests/fixtures/optim
 
 Writes, for dtype in {f32, f64}:
   adam_<dtype>.safetensors  torch.optim.Adam / AdamW over five steps, two parameter
@@ -41,7 +41,7 @@ from bisect import bisect_right
 from torch.optim.lr_scheduler import CyclicLR, LambdaLR, MultiStepLR
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-COMMAND = "/work/main/.venv/bin/python tools/make_optim_fixtures.py --out tests/fixtures/optim"
+COMMAND = ".venv/bin/python tools/make_optim_fixtures.py --out tests/fixtures/optim"
 META = {"generated_by": "tools/make_optim_fixtures.py", "command": COMMAND}
 
 # ---------------------------------------------------------------- Adam / AdamW
