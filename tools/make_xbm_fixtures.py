@@ -25,9 +25,14 @@ import argparse
 import json
 import os
 
+import sys
+
 import torch
-from pytorch_metric_learning import distances, losses, miners
+from pytorch_metric_learning import losses
 from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_loss_fixtures import pml  # noqa: E402  (the same loss specs → PML objects)
 
 SIZE = 20
 B = 8
@@ -50,26 +55,6 @@ LABELS = [
     [1, 1, 5, 5, 8, 8, 4, 4],
     [6, 6, 0, 0, 2, 2, 9, 9],
 ]
-
-
-def pml(spec):
-    """(loss, miner or None) for one spec."""
-    if spec["kind"] == "triplet":
-        dist = distances.LpDistance() if spec["distance"] == "euclidean" else distances.CosineSimilarity()
-        loss = losses.TripletMarginLoss(margin=spec["margin"], smooth_loss=spec["soft"], distance=dist)
-        m = spec["miner"]
-        if m == "batch_hard":
-            miner = miners.BatchHardMiner(distance=dist)
-        elif m == "batch_all":
-            miner = miners.TripletMarginMiner(margin=spec["margin"], type_of_triplets="all", distance=dist)
-        elif m == "semi_hard":
-            miner = miners.TripletMarginMiner(margin=spec["margin"], type_of_triplets="semihard", distance=dist)
-        else:
-            miner = None
-        return loss, miner
-    loss = losses.MultiSimilarityLoss(alpha=spec["alpha"], beta=spec["beta"], base=spec["base"])
-    miner = None if spec["epsilon"] is None else miners.MultiSimilarityMiner(epsilon=spec["epsilon"])
-    return loss, miner
 
 
 def batches():
