@@ -11,16 +11,6 @@ use dml::eval::metrics::{evaluate, EvalOptions};
 use dml::eval::npy::{read_f32_2d, read_labels};
 use tch::{Device, Tensor};
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn main() -> dml::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(args.get(1).map_or("/tmp/bench_eval", String::as_str));
@@ -54,7 +44,7 @@ fn main() -> dml::Result<()> {
     println!(
         "{{\"tool\": \"dml\", \"n\": {n}, \"d\": {d}, \"threads\": {threads}, \"device\": \"{device:?}\", \"median_s\": {:.3}, \"times_s\": {times:?}, \"peak_rss_mib\": {:.0}, \"precision_at_1\": {:.6}, \"mean_average_precision_at_r\": {:.6}}}",
         times[times.len() / 2],
-        peak_rss_mib(),
+        dml::device::peak_rss_mib(),
         m.get("precision_at_1").unwrap_or(f64::NAN),
         m.get("mean_average_precision_at_r").unwrap_or(f64::NAN),
     );

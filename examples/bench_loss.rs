@@ -24,20 +24,6 @@ fn make(name: &str) -> Box<dyn MetricLoss> {
     }
 }
 
-/// Peak resident set size of this process in MiB (Linux VmHWM).
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let name = args
@@ -70,6 +56,6 @@ fn main() {
     println!(
         "{{\"impl\": \"dml\", \"loss\": \"{name}\", \"B\": {b}, \"D\": {d}, \"threads\": {threads}, \"times_s\": {times:?}, \"median_s\": {}, \"peak_rss_mb\": {:.1}}}",
         sorted[sorted.len() / 2],
-        peak_rss_mb()
+        dml::device::peak_rss_mib()
     );
 }

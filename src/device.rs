@@ -141,6 +141,18 @@ pub fn memory_total() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// This process's peak resident set size in MiB (`VmHWM` of /proc/self/status), or NaN
+/// where unknown; the benchmarks report it.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
