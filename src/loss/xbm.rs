@@ -1,7 +1,7 @@
 //! Cross-batch memory (XBM; Wang, Zhang, Huang, Scott, "Cross-Batch Memory for Embedding
 //! Learning", CVPR 2020; official code msight-tech/research-xbm).
 //!
-//! A ring of the last `xbm.size` rows of the **gathered global batch** — detached
+//! A ring of the last `xbm.size` rows of the **gathered global batch** — detached, L2-normalised
 //! embeddings (after the head's global half, one ring per embedding of the head) and
 //! their labels. Every rank enqueues the same gathered rows, so the memory is the same
 //! on every rank and a run with it stays world-size invariant.
@@ -24,7 +24,9 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct CrossBatchMemory {
     size: i64,
-    /// `[size, D_i]` per embedding; empty until the first enqueue.
+    /// `[size, D_i]` per embedding, each row L2-normalised when enqueued (the losses'
+    /// first step, done once per row rather than once per step); empty until the first
+    /// enqueue.
     rows: Vec<Tensor>,
     /// `[size]` i64.
     labels: Option<Tensor>,
@@ -38,8 +40,11 @@ pub struct CrossBatchMemory {
 /// their labels, and where the step's own rows sit in it.
 #[derive(Debug)]
 pub struct MemoryView {
-    /// `[M, D]` detached embeddings (not normalised; the losses normalise).
+    /// `[M, D]` detached embeddings: L2-normalised rows when `unit`, otherwise a slice of
+    /// their columns (Divide and Conquer), which the losses normalise again.
     pub rows: Tensor,
+    /// True when `rows` are already unit vectors.
+    pub unit: bool,
     /// `[M]` i64.
     pub labels: Tensor,
     /// `[B]` i64: the slot (row of `rows`) holding row b of the step's global batch.
@@ -68,9 +73,9 @@ impl CrossBatchMemory {
         self.filled == 0
     }
 
-    /// Writes detached copies of the global batch's `embeddings` (one `[B, D_i]` per
-    /// embedding, the same count and widths at every call) and `labels` `[B]` into the
-    /// next B slots; returns those slots `[B]` i64.
+    /// Writes detached, L2-normalised copies of the global batch's `embeddings` (one
+    /// `[B, D_i]` per embedding, the same count and widths at every call) and `labels`
+    /// `[B]` into the next B slots; returns those slots `[B]` i64.
     ///
     /// ```
     /// use tch::{Kind, Tensor};
@@ -118,7 +123,9 @@ impl CrossBatchMemory {
                         ring.size()[1]
                     )));
                 }
-                let value = e.detach().to_kind(ring.kind()).to_device(ring.device());
+                let value = super::distance::normalize(&e.detach())
+                    .to_kind(ring.kind())
+                    .to_device(ring.device());
                 let _ = ring.index_put_(&[Some(&slots)], &value, false);
             }
             if let Some(l) = self.labels.as_mut() {
@@ -150,12 +157,15 @@ impl CrossBatchMemory {
             }
         };
         let mut rows = ring.narrow(0, 0, self.filled);
+        let mut unit = true;
         if let Some((c, k)) = slice.filter(|&(_, k)| k > 1) {
             let width = ring.size()[1] / k as i64;
             rows = rows.narrow(1, c as i64 * width, width);
+            unit = false;
         }
         Ok(MemoryView {
             rows,
+            unit,
             labels: labels.narrow(0, 0, self.filled),
             own: own.shallow_clone(),
         })
@@ -243,7 +253,8 @@ pub(crate) struct Reference {
 }
 
 impl Reference {
-    /// Checks `memory` against `emb` `[B, D]` and normalises its rows.
+    /// Checks `memory` against `emb` `[B, D]`; normalises its rows unless they are unit
+    /// vectors already.
     pub fn new(memory: &MemoryView, emb: &Tensor) -> Result<Reference> {
         let (rs, es) = (memory.rows.size(), emb.size());
         let m = rs.first().copied().unwrap_or(0);
@@ -259,9 +270,11 @@ impl Reference {
             )));
         }
         let device = emb.device();
-        let rows = tch::no_grad(|| {
-            super::distance::normalize(&memory.rows.to_kind(emb.kind()).to_device(device))
-        });
+        let rows = memory.rows.to_kind(emb.kind()).to_device(device);
+        let rows = match memory.unit {
+            true => rows,
+            false => tch::no_grad(|| super::distance::normalize(&rows)),
+        };
         Ok(Reference {
             rows,
             labels: memory.labels.to_device(device),
