@@ -441,9 +441,6 @@ fn write_lr_find(out: &Path, r: &dml::train::lr_find::LrFindResult) -> Result<()
     std::fs::write(out.join("lr_find.jsonl"), lines)?;
     let png = out.join("lr_find.png");
     dml::plot::plot_lr_range(&r.points, (r.base, r.max), r.collapsed_at, &png)?;
-    eprintln!(
-        "wrote {} and lr_find.jsonl",
-        out.join("lr_find.png").display()
-    );
+    eprintln!("wrote {} and lr_find.jsonl", png.display());
     Ok(())
 }

@@ -119,9 +119,10 @@ impl MultiSimilarityLoss {
                     counts.size()[0] > 1,
                 )
             }
-            Some(r) => (b > 0 && r.rows.size()[0] > 0, r.any_negative(&labels)),
+            Some(r) => (r.rows.size()[0] > 0, r.any_negative(&labels)),
         };
-        let empty = reference.as_ref().is_some_and(|r| r.rows.size()[0] == 0);
+        // An empty memory has no pairs at all, with or without the miner.
+        let empty = reference.is_some() && !any_pos;
         if b == 0 || empty || (self.epsilon.is_some() && !(any_pos && any_neg)) {
             return Ok(LossOutput {
                 loss: zero_loss(emb),
