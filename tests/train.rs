@@ -104,19 +104,7 @@ fn resume_restores_the_cross_batch_memory() {
     }
     // The straight run without a memory trains differently: the memory term is real.
     let plain = tmp.path().join("plain");
-    let mut c = dml();
-    c.env("OMP_NUM_THREADS", "1")
-        .args(["train", "--config"])
-        .arg(tmp.path().join("config.toml"))
-        .args([
-            "--set",
-            "loss.name=multi_similarity",
-            "--set",
-            "miner.name=multi_similarity",
-        ])
-        .arg("--out")
-        .arg(&plain);
-    ok(c);
+    train(1, &tmp.path().join("config.toml"), &plain, &sets[..2]);
     assert!(model_diff(&straight, &plain) > 1e-6);
     // A resume with another memory size is refused, naming both sizes.
     let mut c = dml();
