@@ -4,7 +4,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::u64_at;
+use common::{dmlds_tables, u64_at};
 use dml::data::format::{info_report, Dataset, DatasetWriter, Metadata, PAGE};
 use dml::Error;
 
@@ -325,12 +325,7 @@ fn open_checks_the_header_index_and_metadata_checksums() {
     let tmp = tempfile::tempdir().unwrap();
     let path = write(tmp.path());
     let bytes = std::fs::read(&path).unwrap();
-    let (index, labels, crcs, meta) = (
-        u64_at(&bytes, 24) as usize,
-        u64_at(&bytes, 32) as usize,
-        u64_at(&bytes, 64) as usize,
-        u64_at(&bytes, 40) as usize,
-    );
+    let (index, labels, crcs, meta) = dmlds_tables(&bytes);
     // A flip anywhere the header, index, labels or record CRCs (not re-sealed).
     for at in [20, 60, index + 9, labels, crcs + 2] {
         let mut b = bytes.clone();

@@ -6,7 +6,7 @@
 //! when it is read, a flipped pixel or padding byte in `verify()`, a directory or FIFO).
 mod common;
 
-use common::u64_at;
+use common::{dmlds_tables, u64_at};
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -482,12 +482,7 @@ fn python_reader_checks_the_header_index_and_metadata_checksums_on_open() {
     let tmp = tempfile::tempdir().unwrap();
     let path = write(tmp.path(), "ds.dmlds", true);
     let bytes = std::fs::read(&path).unwrap();
-    let (index, labels, crcs, meta) = (
-        u64_at(&bytes, 24) as usize,
-        u64_at(&bytes, 32) as usize,
-        u64_at(&bytes, 64) as usize,
-        u64_at(&bytes, 40) as usize,
-    );
+    let (index, labels, crcs, meta) = dmlds_tables(&bytes);
     let bad = tmp.path().join("flipped.dmlds");
     // A flipped byte in the index (record 0's height, record 1's offset), the labels or
     // the record CRCs: the tables CRC on open, the same message from both readers.

@@ -315,6 +315,13 @@ pub fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// The table offsets of a version 2 `.dmlds` preamble (docs/dmlds.md): `(index, labels,
+/// record CRCs, metadata)`, from bytes 24, 32, 64 and 40.
+pub fn dmlds_tables(b: &[u8]) -> (usize, usize, usize, usize) {
+    let at = |o| u64_at(b, o) as usize;
+    (at(24), at(32), at(64), at(40))
+}
+
 /// A version 2 `.dmlds` file's bytes rewritten as version 1 (docs/dmlds.md): the record
 /// CRCs dropped, a 64-byte preamble of version 1, the metadata's body checksum (records,
 /// index, labels) and `meta_crc` recomputed.
