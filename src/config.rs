@@ -1161,21 +1161,13 @@ impl Config {
             );
         }
         match self.loss.name {
-            LossName::Triplet | LossName::MultiSimilarity => {}
+            LossName::Triplet | LossName::MultiSimilarity | LossName::Margin => {}
             LossName::Group => {
                 return fail(
                     "xbm.size",
                     "a memory has no meaning for loss.name = group: Group Loss refines class \
                      probabilities over the batch's own similarity graph, and the memory's \
-                     rows have no logits; use loss.name = triplet or multi_similarity"
-                        .into(),
-                )
-            }
-            LossName::Margin => {
-                return fail(
-                    "xbm.size",
-                    "the memory is not implemented for loss.name = margin (D&C's cutoff \
-                     sampler) yet; use loss.name = triplet or multi_similarity"
+                     rows have no logits; use loss.name = triplet, multi_similarity or margin"
                         .into(),
                 )
             }
@@ -1291,8 +1283,15 @@ mod tests {
         assert!(e.contains("no meaning for loss.name = group"), "{e}");
         let e = err(&["xbm.size=64", "distill.teacher=runs/t"]);
         assert!(e.contains("no meaning with distill.teacher"), "{e}");
-        let e = err(&["xbm.size=64", "loss.name=margin", "miner.name=dnc_cutoff"]);
-        assert!(e.contains("not implemented for loss.name = margin"), "{e}");
+        Config::parse(
+            "",
+            &[
+                "xbm.size=64".into(),
+                "loss.name=margin".into(),
+                "miner.name=dnc_cutoff".into(),
+            ],
+        )
+        .unwrap();
         let e = err(&["xbm.size=64", "xbm.weight=-1"]);
         assert!(e.contains("xbm.weight: is -1"), "{e}");
         // Off by default; a memory of exactly one batch is allowed.

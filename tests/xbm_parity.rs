@@ -4,7 +4,8 @@
 //! into a temporary directory: a fixed sequence of five f64 batches of 8 rows fed through
 //! `CrossBatchMemory(loss, memory_size=20, miner)` for triplet (batch-hard, batch-all,
 //! semi-hard, all triplets; Euclidean and cosine) and Multi-Similarity (with its miner and
-//! on all pairs). dml's memory, fed the same sequence, must give the same loss and
+//! on all pairs), and the margin loss with D&C's cutoff sampler (written as a PML miner in
+//! the script, at cutoffs 0.5 and 1.2). dml's memory, fed the same sequence, must give the same loss and
 //! d loss / d emb at every step within 1e-10 (relative), with one chunk and with one
 //! anchor row per chunk.
 mod common;

@@ -48,13 +48,22 @@ def pdist(x):
     return ((norm + norm.t()) - 2 * prod).clamp(min=0).clamp(min=1e-4).sqrt()
 
 
-def sample(x, labels, cutoff=CUTOFF):
-    """(anchors, positives, negatives, info) of the D&C sampler on normalised x."""
-    b = len(labels)
-    d = pdist(x.detach()).double().tolist()
-    lab = labels.tolist()
-    pos = [[j for j in range(b) if j != i and lab[j] == lab[i]] for i in range(b)]
-    num_neg = sum(map(len, pos)) // b
+def cross_pdist(x, r):
+    """The official pdist formula between the rows of x and those of r."""
+    sq = (x * x).sum(dim=1).unsqueeze(1) + (r * r).sum(dim=1).unsqueeze(0)
+    return (sq - 2 * x @ r.t()).clamp(min=0).clamp(min=1e-4).sqrt()
+
+
+def select(d, lab, ref_lab, in_batch, cutoff=CUTOFF):
+    """(anchors, positives, negatives, info) of the D&C sampler from distances d[i][j]
+    between anchors (labels lab) and candidates (labels ref_lab). in_batch: the
+    candidates are the anchors' own batch (j == i is the anchor itself: not a positive,
+    always masked once); otherwise (a cross-batch memory) every candidate of the anchor's
+    label is a positive, as a miner wrapped by PML's CrossBatchMemory sees them."""
+    b, m = len(lab), len(ref_lab)
+    is_self = lambda i, j: in_batch and i == j  # noqa: E731
+    pos = [[j for j in range(m) if not is_self(i, j) and ref_lab[j] == lab[i]] for i in range(b)]
+    num_neg = sum(map(len, pos)) // b if b else 0
     a_idx, p_idx, n_idx = [], [], []
     short = 0  # anchors with fewer than num_neg negatives beyond the cutoff
     for i in range(b):
@@ -63,10 +72,10 @@ def sample(x, labels, cutoff=CUTOFF):
 
         def masks(j):
             near = int(d[i][j] < cutoff)
-            return max(near, 1) if j == i else near + int(lab[j] == lab[i])
+            return max(near, 1) if is_self(i, j) else near + int(ref_lab[j] == lab[i])
 
-        order = sorted(range(b), key=lambda j: (masks(j), d[i][j], j))
-        if sum(1 for j in range(b) if masks(j) == 0) < num_neg:
+        order = sorted(range(m), key=lambda j: (masks(j), d[i][j], j))
+        if sum(1 for j in range(m) if masks(j) == 0) < num_neg:
             short += 1
         neg = sorted(order[:num_neg])
         t = min(len(pos[i]), num_neg)
@@ -75,6 +84,12 @@ def sample(x, labels, cutoff=CUTOFF):
         n_idx += neg[:t]
     info = dict(num_neg=num_neg, short_anchors=short, self_negatives=sum(a == n for a, n in zip(a_idx, n_idx)))
     return a_idx, p_idx, n_idx, info
+
+
+def sample(x, labels, cutoff=CUTOFF):
+    """(anchors, positives, negatives, info) of the D&C sampler on normalised x."""
+    lab = labels.tolist()
+    return select(pdist(x.detach()).double().tolist(), lab, lab, True, cutoff)
 
 
 def reference(emb, labels):

@@ -33,15 +33,23 @@
 //! β is fixed (`loss.margin_beta`, D&C 1.2; the official criterion is not in the
 //! optimiser), and there is no β regularisation (ν = 0).
 //!
+//! **Against a cross-batch memory** ([`dnc_sample_memory`]) the candidates are the
+//! memory's detached rows, and the sampler runs as a miner wrapped by PML's
+//! `CrossBatchMemory` would: every memory row of the anchor's label is a positive, its
+//! own copy included (counted in `num_neg`, masked as a positive), and the triplets whose
+//! positive is that copy are removed after sampling. The loss is the same formula with
+//! the anchors from the batch (`tests/xbm_parity.rs`, oracle `tools/make_xbm_fixtures.py`).
+//!
 //! **Bounds.** The sampler builds the `[B, B]` distance matrix and sorts each row on
 //! the CPU (O(B² log B)); the loss itself is O(T·D) with T ≤ B·(B − 1). Meant for
 //! D&C's global batches (a few hundred embeddings), not for thousands. Selection is
 //! plain deterministic code on the gathered batch, hence the same on every rank.
 use tch::{Kind, Tensor};
 
-use super::chunk::zero_loss;
+use super::chunk::{zero_loss, DEFAULT_BUDGET};
 use super::distance::normalize;
 use super::stats::{count, StatsAcc};
+use super::xbm::{MemoryView, Reference};
 use super::{check_inputs, LossOutput, MetricLoss, Shard};
 use crate::error::Result;
 
@@ -59,6 +67,9 @@ pub struct MarginLoss {
     pub beta: f64,
     /// Sampler cutoff: negatives closer than this are masked.
     pub cutoff: f64,
+    /// Largest distance chunk against a cross-batch memory, in elements (see
+    /// [`super::chunk`]).
+    pub budget: i64,
 }
 
 /// The sampled triplets, as indices into the batch.
@@ -156,39 +167,152 @@ pub fn dnc_sample_rows(
         return Ok(out);
     }
     let num_neg = total / b;
-    if num_neg == 0 {
-        return Ok(out);
-    }
-    let mut order: Vec<usize> = Vec::with_capacity(b);
     for (r, pos) in positives.iter().enumerate() {
         let i = first + r;
         let row = &d[r * b..(r + 1) * b];
-        let masks = |j: usize| {
-            let near = u8::from(row[j] < cutoff);
-            if j == i {
-                near.max(1)
-            } else {
-                near + u8::from(labels[j] == labels[i])
-            }
-        };
-        order.clear();
-        order.extend(0..b);
-        // The num_neg first in (mask count, d, index) order: a total order, so the
-        // selection is unique; only its set matters (negatives go in index order).
-        order.select_nth_unstable_by(num_neg - 1, |&x, &y| {
-            masks(x)
-                .cmp(&masks(y))
-                .then(row[x].total_cmp(&row[y]))
-                .then(x.cmp(&y))
-        });
-        let mut neg = order[..num_neg].to_vec();
-        neg.sort_unstable();
-        let t = pos.len().min(num_neg);
-        for k in 0..t {
-            out.anchors.push(i as i64);
-            out.positives.push(pos[k] as i64);
-            out.negatives.push(neg[k] as i64);
+        select(
+            row,
+            &labels,
+            labels[i],
+            Some(i),
+            pos,
+            num_neg,
+            cutoff,
+            i as i64,
+            &mut out,
+        );
+    }
+    Ok(out)
+}
+
+/// Anchor `anchor`'s triplets from one row of distances `row` to the candidates (labels
+/// `cand_labels`), `pos` its positives among them in ascending order, `self_col` the
+/// anchor's own column when the candidates are its batch: the `num_neg` candidates first
+/// in (mask count, d, index) order are its negatives, zipped in index order with its
+/// first positives.
+#[allow(clippy::too_many_arguments)]
+fn select(
+    row: &[f64],
+    cand_labels: &[i64],
+    label: i64,
+    self_col: Option<usize>,
+    pos: &[usize],
+    num_neg: usize,
+    cutoff: f64,
+    anchor: i64,
+    out: &mut Triplets,
+) {
+    if num_neg == 0 || num_neg > row.len() {
+        return;
+    }
+    let masks = |j: usize| {
+        let near = u8::from(row[j] < cutoff);
+        if Some(j) == self_col {
+            near.max(1)
+        } else {
+            near + u8::from(cand_labels[j] == label)
         }
+    };
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    // The num_neg first in (mask count, d, index) order: a total order, so the
+    // selection is unique; only its set matters (negatives go in index order).
+    order.select_nth_unstable_by(num_neg - 1, |&x, &y| {
+        masks(x)
+            .cmp(&masks(y))
+            .then(row[x].total_cmp(&row[y]))
+            .then(x.cmp(&y))
+    });
+    let mut neg = order[..num_neg].to_vec();
+    neg.sort_unstable();
+    for k in 0..pos.len().min(num_neg) {
+        out.anchors.push(anchor);
+        out.positives.push(pos[k] as i64);
+        out.negatives.push(neg[k] as i64);
+    }
+}
+
+/// D&C's sampler for the shard's anchors (rows of the normalised batch `xn`, labels
+/// `labels`) against a cross-batch memory, as PML's `CrossBatchMemory` runs a miner: the
+/// memory's rows are the candidates, an anchor's own copy in it (slot `memory.own[i]`)
+/// is one of its positives like any other row of its label (so `num_neg = ⌊Σᵢ #posᵢ /
+/// B⌋` over all B anchors counts it, and it is masked as a positive), and the triplets
+/// whose positive is that copy are removed after sampling (`remove_self_comparisons`).
+/// Positives and negatives index the memory's rows. The distances are computed
+/// `budget` elements at a time.
+pub(crate) fn dnc_sample_memory(
+    xn: &Tensor,
+    labels: &Tensor,
+    memory: &Reference,
+    cutoff: f64,
+    shard: &Shard,
+    budget: i64,
+) -> Result<Triplets> {
+    check_inputs(xn, labels)?;
+    let b = xn.size()[0];
+    shard.check(b)?;
+    let m = memory.rows.size()[0];
+    let cpu = |t: &Tensor| Vec::<i64>::try_from(&t.to_device(tch::Device::Cpu));
+    let (labels, mem_labels, own) = (cpu(labels)?, cpu(&memory.labels)?, cpu(&memory.own)?);
+    let mut per_class = std::collections::HashMap::<i64, usize>::new();
+    for &y in &mem_labels {
+        *per_class.entry(y).or_insert(0) += 1;
+    }
+    let count = |y: &i64| per_class.get(y).copied().unwrap_or(0);
+    let mut out = Triplets::default();
+    if b == 0 || m == 0 {
+        return Ok(out);
+    }
+    let num_neg = labels.iter().map(count).sum::<usize>() / b as usize;
+    let (x, rows) = (xn.detach(), &memory.rows);
+    let row_sq = |t: &Tensor| {
+        t.square()
+            .sum_dim_intlist([1i64].as_slice(), false, t.kind())
+    };
+    let mem_sq = row_sq(rows).unsqueeze(0);
+    let step = super::distance::chunk_rows(shard.len, m, budget);
+    let mut start = shard.start;
+    while start < shard.start + shard.len {
+        let len = step.min(shard.start + shard.len - start);
+        let a = x.narrow(0, start, len);
+        let d = ((row_sq(&a).unsqueeze(1) + &mem_sq) - a.mm(&rows.tr()) * 2.0)
+            .clamp_min(0.0)
+            .clamp_min(PDIST_EPS)
+            .sqrt()
+            .to_kind(Kind::Double)
+            .to_device(tch::Device::Cpu)
+            .view([-1]);
+        let d = Vec::<f64>::try_from(&d)?;
+        for r in 0..len as usize {
+            let i = start as usize + r;
+            let row = &d[r * m as usize..(r + 1) * m as usize];
+            let pos: Vec<usize> = (0..m as usize)
+                .filter(|&j| mem_labels[j] == labels[i])
+                .collect();
+            let from = out.anchors.len();
+            select(
+                row,
+                &mem_labels,
+                labels[i],
+                None,
+                &pos,
+                num_neg,
+                cutoff,
+                i as i64,
+                &mut out,
+            );
+            // remove_self_comparisons: the triplets whose positive is the anchor's copy.
+            let mut k = from;
+            while k < out.anchors.len() {
+                if out.positives[k] == own[i] {
+                    out.anchors.remove(k);
+                    out.positives.remove(k);
+                    out.negatives.remove(k);
+                } else {
+                    k += 1;
+                }
+            }
+        }
+        start += len;
     }
     Ok(out)
 }
@@ -211,22 +335,37 @@ impl MarginLoss {
             margin,
             beta,
             cutoff,
+            budget: DEFAULT_BUDGET,
         }
+    }
+
+    /// The same loss with another chunk budget for its memory distances (elements).
+    pub fn with_budget(mut self, budget: i64) -> Self {
+        self.budget = budget.max(1);
+        self
     }
 }
 
-impl MetricLoss for MarginLoss {
-    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput> {
-        check_inputs(emb, labels)?;
+impl MarginLoss {
+    /// The loss over triplets `t` whose anchors are rows of the normalised batch `xn`
+    /// (the graph to `emb`) and whose positives and negatives are rows of `candidates`
+    /// (`xn` itself, or a memory's detached rows), divided by the active terms of all
+    /// shares of `shard`.
+    fn triplet_terms(
+        &self,
+        emb: &Tensor,
+        xn: &Tensor,
+        candidates: &Tensor,
+        t: &Triplets,
+        shard: &Shard,
+    ) -> Result<LossOutput> {
         let b = emb.size()[0];
-        let xn = normalize(emb);
-        let t = dnc_sample_rows(&xn, labels, self.cutoff, shard)?;
         let dev = emb.device();
         let idx = |v: &[i64]| Tensor::from_slice(v).to_device(dev);
         let (ai, pi, ni) = (idx(&t.anchors), idx(&t.positives), idx(&t.negatives));
         let a = xn.index_select(0, &ai);
-        let p = xn.index_select(0, &pi);
-        let ng = xn.index_select(0, &ni);
+        let p = candidates.index_select(0, &pi);
+        let ng = candidates.index_select(0, &ni);
         let kind = emb.kind();
         let sq_ap = (&p - &a)
             .square()
@@ -263,6 +402,32 @@ impl MetricLoss for MarginLoss {
             loss,
             stats: acc.finish(b),
         })
+    }
+}
+
+impl MetricLoss for MarginLoss {
+    fn compute_shard(&self, emb: &Tensor, labels: &Tensor, shard: &Shard) -> Result<LossOutput> {
+        check_inputs(emb, labels)?;
+        let xn = normalize(emb);
+        let t = dnc_sample_rows(&xn, labels, self.cutoff, shard)?;
+        self.triplet_terms(emb, &xn, &xn, &t, shard)
+    }
+
+    /// The shard's anchors sampled against the memory by [`dnc_sample_memory`] (PML's
+    /// `CrossBatchMemory` wrapping `MarginLoss` and this sampler as its miner), the
+    /// memory's rows detached, divided by the active terms of the whole batch.
+    fn compute_memory_shard(
+        &self,
+        emb: &Tensor,
+        labels: &Tensor,
+        memory: &MemoryView,
+        shard: &Shard,
+    ) -> Result<LossOutput> {
+        check_inputs(emb, labels)?;
+        let reference = Reference::new(memory, emb)?;
+        let xn = normalize(emb);
+        let t = dnc_sample_memory(&xn, labels, &reference, self.cutoff, shard, self.budget)?;
+        self.triplet_terms(emb, &xn, &reference.rows, &t, shard)
     }
 
     fn name(&self) -> String {

@@ -33,6 +33,12 @@
 //! copy of the normalised embeddings, and hand the accumulated gradient to the
 //! caller's graph through a surrogate whose value is the loss and whose gradient is
 //! the exact one. See [`chunk`] for the mechanism.
+//!
+//! **Cross-batch memory.** Triplet (every miner), Multi-Similarity and the margin loss
+//! also mine the batch's anchors against a memory of past global batches
+//! ([`MetricLoss::compute_memory_shard`], [`xbm`]), as PML's `CrossBatchMemory` wrapping
+//! the same loss and miner (`tests/xbm_parity.rs`; for the margin loss, with D&C's
+//! sampler written as a PML miner in `tools/make_xbm_fixtures.py`).
 use tch::Tensor;
 
 use crate::config::{LossConfig, LossName, MinerConfig, MinerName};
@@ -84,7 +90,7 @@ pub trait MetricLoss {
     ) -> Result<LossOutput> {
         let _ = (emb, labels, memory, shard);
         Err(Error::Config(format!(
-            "xbm.size: {} has no cross-batch memory; use loss.name = triplet or multi_similarity",
+            "xbm.size: {} has no cross-batch memory; use loss.name = triplet, multi_similarity or margin",
             self.name()
         )))
     }

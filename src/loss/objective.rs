@@ -212,7 +212,7 @@ impl Objective {
     ) -> Result<MemoryOutput> {
         let metric = self.metric.as_ref().ok_or_else(|| {
             Error::Config(
-                "xbm.size: the cross-batch memory needs loss.name = triplet or multi_similarity"
+                "xbm.size: the cross-batch memory needs loss.name = triplet, multi_similarity or margin"
                     .into(),
             )
         })?;

@@ -350,15 +350,23 @@ pub fn dmlds_version_1(v2: &[u8]) -> Vec<u8> {
 
 /// The dml loss for one loss spec of the PML fixture scripts
 /// (`tools/make_loss_fixtures.py`, `tools/make_xbm_fixtures.py`): `kind` triplet (`miner`,
-/// `margin`, `soft`, `distance`) or multi_similarity (`alpha`, `beta`, `base`, `epsilon`),
+/// `margin`, `soft`, `distance`), multi_similarity (`alpha`, `beta`, `base`, `epsilon`) or
+/// margin (`margin`, `beta`, `cutoff`: D&C's sampler),
 /// with the chunk budget `budget` (elements) or the default.
 pub fn spec_loss(spec: &serde_json::Value, budget: Option<i64>) -> Box<dyn dml::loss::MetricLoss> {
-    use dml::loss::{Distance, MultiSimilarityLoss, TripletLoss, TripletMiner};
+    use dml::loss::{Distance, MarginLoss, MultiSimilarityLoss, TripletLoss, TripletMiner};
     let f = |k: &str| {
         spec[k]
             .as_f64()
             .unwrap_or_else(|| panic!("spec {k}: {spec}"))
     };
+    if spec["kind"] == "margin" {
+        let loss = MarginLoss::new(f("margin"), f("beta"), f("cutoff"));
+        return Box::new(match budget {
+            Some(b) => loss.with_budget(b),
+            None => loss,
+        });
+    }
     if spec["kind"] == "triplet" {
         let miner = match spec["miner"].as_str().unwrap() {
             "batch_hard" => TripletMiner::BatchHard,
