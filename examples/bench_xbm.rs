@@ -8,13 +8,15 @@
 //! class, class ids drawn from SIZE / 4 classes, as SOP's 55,000-row memory holds about
 //! 11,000 products), then times STEPS steps of what the memory adds to a training step:
 //! enqueue the batch, the memory loss of its B anchors against the SIZE rows (LOSS:
-//! ms_miner or triplet_batch_hard), and its backward. Prints one JSON line with every
+//! ms_miner, triplet_batch_hard or margin_dnc: D&C's sampler), and its backward. Prints one JSON line with every
 //! step's seconds, the median and the process's peak RSS (VmHWM).
 use std::time::Instant;
 
 use dml::config::XbmConfig;
 use dml::loss::xbm::CrossBatchMemory;
-use dml::loss::{Distance, MetricLoss, MultiSimilarityLoss, Shard, TripletLoss, TripletMiner};
+use dml::loss::{
+    Distance, MarginLoss, MetricLoss, MultiSimilarityLoss, Shard, TripletLoss, TripletMiner,
+};
 use tch::{Kind, Tensor};
 
 fn make(name: &str) -> Box<dyn MetricLoss> {
@@ -26,7 +28,8 @@ fn make(name: &str) -> Box<dyn MetricLoss> {
             TripletMiner::BatchHard,
             Distance::Euclidean,
         )),
-        other => panic!("unknown loss {other} (ms_miner, triplet_batch_hard)"),
+        "margin_dnc" => Box::new(MarginLoss::new(0.2, 1.2, 0.5)),
+        other => panic!("unknown loss {other} (ms_miner, triplet_batch_hard, margin_dnc)"),
     }
 }
 

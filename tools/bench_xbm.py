@@ -9,8 +9,10 @@ random float32 batches of B rows (4 images per class, class ids drawn from SIZE 
 classes), then times STEPS calls of the wrapper on a fresh batch (it enqueues the batch,
 mines the batch against the memory and computes the loss) and the backward. Prints one
 JSON line {"impl": "pml", ..., "times_s", "median_s", "peak_rss_mb"}.
-LOSS: ms_miner (MultiSimilarityLoss + MultiSimilarityMiner(0.1)) or triplet_batch_hard
-(TripletMarginLoss(0.2) + BatchHardMiner).
+LOSS: ms_miner (MultiSimilarityLoss + MultiSimilarityMiner(0.1)), triplet_batch_hard
+(TripletMarginLoss(0.2) + BatchHardMiner) or margin_dnc (MarginLoss(0.2, nu=0, beta=1.2)
+with D&C's cutoff sampler, which PML lacks: `DncCutoffMiner` below, vectorised in torch as
+the official D&C sampler is).
 """
 
 import argparse
@@ -18,8 +20,37 @@ import json
 import resource
 import time
 
+import os
+import sys
+
 import torch
+import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from margin_ref import cross_pdist  # noqa: E402
+
+
+class DncCutoffMiner(miners.BaseMiner):
+    """D&C's cutoff sampler against the memory in torch ops (pdist, the two masks added
+    as 1e6 offsets, the num_neg smallest per row; each anchor's first t positives zipped
+    with its negatives in index order): the benchmark's peer, not the parity oracle
+    (tools/make_xbm_fixtures.py, which spells the rule out in Python)."""
+
+    def __init__(self, cutoff=0.5):
+        super().__init__()
+        self.cutoff = cutoff
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        d = cross_pdist(F.normalize(embeddings, dim=1), F.normalize(ref_emb, dim=1))
+        pos = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+        num_neg = int(pos.sum()) // len(labels)
+        key = d + 1e6 * (pos.to(d.dtype) + (d < self.cutoff).to(d.dtype))
+        neg = key.topk(num_neg, dim=1, largest=False).indices.sort(dim=1).values
+        rank = pos.cumsum(dim=1)
+        t = pos.sum(dim=1).clamp(max=num_neg)
+        a, p = (pos & (rank <= t.unsqueeze(1))).nonzero(as_tuple=True)
+        return a, p, neg[a, rank[a, p] - 1]
 
 
 def make(name):
@@ -27,6 +58,8 @@ def make(name):
         return losses.MultiSimilarityLoss(alpha=2.0, beta=40.0, base=0.5), miners.MultiSimilarityMiner(epsilon=0.1)
     if name == "triplet_batch_hard":
         return losses.TripletMarginLoss(margin=0.2), miners.BatchHardMiner()
+    if name == "margin_dnc":
+        return losses.MarginLoss(margin=0.2, nu=0, beta=1.2, triplets_per_anchor="all"), DncCutoffMiner(0.5)
     raise SystemExit(f"unknown loss {name}")
 
 
