@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use dml::eval::cluster::{ami, nmi};
 use dml::eval::kmeans::{kmeans, KMeansOptions};
-use dml::eval::knn::l2_normalize;
 use dml::eval::npy::{read_f32_2d, read_labels};
+use dml::ops::try_normalize;
 use tch::{Device, Tensor};
 
 fn main() -> dml::Result<()> {
@@ -39,7 +39,7 @@ fn main() -> dml::Result<()> {
     let mut last = None;
     for _ in 0..repeats {
         let t = Instant::now();
-        let x = l2_normalize(&e.to_device(device))?;
+        let x = try_normalize(&e.to_device(device))?;
         last = Some(kmeans(&x, k, &opts)?);
         times.push(t.elapsed().as_secs_f64());
     }

@@ -6,7 +6,7 @@
 //! ```
 //! Writes `DIR/bench.dmlds` (default `tmp/bench_loader`, 512 images) if it is missing,
 //! then reports the median of 3 runs of (a) the augmentation alone on one thread and
-//! (b) the `TrainLoader` with one worker (sampler + augmentation + channel), per CPU
+//! (b) the training `Loader` with one worker (sampler + augmentation + channel), per CPU
 //! second of the whole process and per CPU second of the worker alone.
 //! `tools/bench_loader.py DIR` runs torchvision on the same images saved as JPEG.
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use dml::data::augment::{random_resized_crop_params, resized_crop_into};
 use dml::data::format::{Dataset, DatasetWriter, Metadata};
-use dml::data::loader::{TrainLoader, TrainLoaderOptions};
+use dml::data::loader::{Loader, TrainLoaderOptions};
 use dml::data::sampler::Sampler;
 use dml::rng::SplitMix64;
 
@@ -151,7 +151,7 @@ fn main() -> dml::Result<()> {
             grayscale_p: 0.0,
         };
         let (t, c, main) = (Instant::now(), process_cpu(), thread_cpu());
-        let mut l = TrainLoader::new(ds.clone(), sampler, opts, 0, steps)?;
+        let mut l = Loader::train(ds.clone(), sampler, opts, 0, steps)?;
         let mut images = 0;
         while let Some(b) = l.try_next()? {
             images += b.len();

@@ -110,7 +110,7 @@ fn main() -> Result<()> {
     let cfg = Config::parse("", &sets)?;
     let objective = Objective::build(&cfg)?;
     let rows = a.batch / world;
-    let emb = dml::loss::distance::normalize(&randn(a.batch, a.dim, 7, kind));
+    let emb = dml::ops::normalize(&randn(a.batch, a.dim, 7, kind));
     let groups: Vec<i64> = (0..a.batch).map(|i| i / 4).collect();
     let labels = match a.classes > 0 {
         true => Tensor::from_slice(&groups.iter().map(|g| g % a.classes).collect::<Vec<_>>()),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use dml::config::Config;
-use dml::data::loader::TrainLoader;
+use dml::data::loader::Loader;
 use dml::train::{loader_options, setup, step::forward_backward, step_env};
 
 fn main() -> Result<()> {
@@ -18,7 +18,7 @@ fn main() -> Result<()> {
     let comm = dml::dist::init(cfg.dist.backend)?;
     dml::device::set_threads(0, comm.local_world());
     let s = setup(&cfg, comm.as_ref())?;
-    let mut loader = TrainLoader::new(
+    let mut loader = Loader::train(
         s.train.clone(),
         s.sampler,
         loader_options(&cfg, comm.as_ref()),

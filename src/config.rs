@@ -782,6 +782,216 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     Ok(())
 }
 
+/// Every `model.trunk` name (torchvision's model names, and `bninception` with the
+/// names of the PyTorch port DML code uses); `model::trunk::build` builds each.
+pub const TRUNKS: [&str; 20] = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "inception_v3",
+    "mobilenet_v2",
+    "bninception",
+];
+
+/// Checks `model.trunk` and `model.last_stride` (1 or 2; 1 only for the ResNets).
+/// [`Config::validate`] calls it, and so does `model::trunk::build`.
+///
+/// ```
+/// assert!(dml::config::check_trunk("resnet50", 1).is_ok());
+/// let e = dml::config::check_trunk("resnet19", 2).unwrap_err().to_string();
+/// assert!(e.contains("model.trunk: is `resnet19`, allowed: resnet18, resnet34"), "{e}");
+/// assert!(dml::config::check_trunk("densenet121", 1).is_err());
+/// ```
+pub fn check_trunk(arch: &str, last_stride: usize) -> Result<()> {
+    if !TRUNKS.contains(&arch) {
+        return Err(Error::Config(format!(
+            "model.trunk: is `{arch}`, allowed: {}",
+            TRUNKS.join(", ")
+        )));
+    }
+    if !matches!(last_stride, 1 | 2) {
+        return Err(Error::Config(format!(
+            "model.last_stride: is {last_stride}, allowed: 1, 2"
+        )));
+    }
+    if last_stride != 2 && !arch.starts_with("resnet") {
+        return Err(Error::Config(format!(
+            "model.last_stride: is {last_stride}, but only the resnet trunks have a stride-1 \
+             last stage, not model.trunk = `{arch}`; use 2"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `model.cgd_descriptors` (1 to 3 letters of `S` average, `M` max, `G` GeM) for
+/// an embedding of `dim` dimensions, which must divide evenly between them, and
+/// `model.gem_p` when `G` is used. [`Config::validate`] calls it for `model.head =
+/// "cgd"`, and so does the CGD head.
+pub fn check_cgd_descriptors(spec: &str, dim: usize, gem_p: f64) -> Result<()> {
+    let n = spec.chars().count();
+    if !(1..=3).contains(&n) {
+        return Err(Error::Config(format!(
+            "model.cgd_descriptors: is {spec:?}; give 1 to 3 letters of S (average), M (max), G (GeM)"
+        )));
+    }
+    if let Some(other) = spec.chars().find(|c| !matches!(c, 'S' | 'M' | 'G')) {
+        return Err(Error::Config(format!(
+            "model.cgd_descriptors: is {spec:?}, unknown descriptor `{other}`; allowed: S (average), M (max), G (GeM)"
+        )));
+    }
+    if spec.contains('G') && !(gem_p.is_finite() && gem_p > 0.0) {
+        return Err(Error::Config(format!(
+            "model.gem_p: is {gem_p}, the GeM exponent must be positive and finite"
+        )));
+    }
+    if dim == 0 || dim % n != 0 {
+        return Err(Error::Config(format!(
+            "model.embedding_dim: is {dim}, must be a positive multiple of the {n} descriptors \
+             of model.cgd_descriptors = {spec:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `model.bfe_erase`: both fractions in [0, 1]. [`Config::validate`] calls it,
+/// and so does the BFE head.
+pub fn check_bfe_erase(erase: [f64; 2]) -> Result<()> {
+    if erase.iter().any(|r| !(0.0..=1.0).contains(r)) {
+        return Err(Error::Config(format!(
+            "model.bfe_erase: is {erase:?}, both fractions must lie in [0, 1]"
+        )));
+    }
+    Ok(())
+}
+
+/// The config spelling of a miner name.
+pub fn miner_name(m: MinerName) -> &'static str {
+    match m {
+        MinerName::BatchHard => "batch_hard",
+        MinerName::BatchAll => "batch_all",
+        MinerName::SemiHard => "semi_hard",
+        MinerName::MultiSimilarity => "multi_similarity",
+        MinerName::DncCutoff => "dnc_cutoff",
+        MinerName::None => "none",
+    }
+}
+
+/// Checks the `[loss]` and `[miner]` keys and their pairing: a triplet loss needs a
+/// triplet miner (`batch_hard`, `batch_all`, `semi_hard`, `none`), Multi-Similarity a
+/// pair miner (`multi_similarity`, `none`) and cosine similarities, the margin loss
+/// D&C's `dnc_cutoff` sampler (and only it) and Euclidean distances, Group Loss
+/// `miner.name = none`. [`Config::validate`] calls it, and so does `loss::build`.
+///
+/// ```
+/// use dml::config::{check_loss, LossConfig, LossName, MinerConfig, MinerName};
+/// let loss = LossConfig { name: LossName::MultiSimilarity, ..Default::default() };
+/// let miner = MinerConfig { name: MinerName::BatchHard, ..Default::default() };
+/// let e = check_loss(&loss, &miner).unwrap_err().to_string();
+/// assert!(e.contains("use miner.name = multi_similarity or none"), "{e}");
+/// ```
+pub fn check_loss(loss: &LossConfig, miner: &MinerConfig) -> Result<()> {
+    let bad = |key: &str, v: f64, need: &str| Err(Error::Config(format!("{key}: is {v}, {need}")));
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+    for (key, v) in [
+        ("loss.margin", loss.margin),
+        ("miner.cutoff", miner.cutoff),
+        ("miner.epsilon", miner.epsilon),
+        ("loss.group_ce_weight", loss.group_ce_weight),
+    ] {
+        if !non_negative(v) {
+            return bad(key, v, "must be finite and ≥ 0");
+        }
+    }
+    for (key, v) in [
+        ("loss.ms_alpha", loss.ms_alpha),
+        ("loss.ms_beta", loss.ms_beta),
+        ("loss.margin_beta", loss.margin_beta),
+        ("loss.group_temperature", loss.group_temperature),
+    ] {
+        if !positive(v) {
+            return bad(key, v, "must be positive");
+        }
+    }
+    if !loss.ms_base.is_finite() {
+        return bad("loss.ms_base", loss.ms_base, "must be finite");
+    }
+    if loss.group_iterations == 0 {
+        return Err(Error::Config(
+            "loss.group_iterations: is 0, must be at least 1".into(),
+        ));
+    }
+    let miner_is = miner_name(miner.name);
+    let pairing = |msg: String| Err(Error::Config(msg));
+    match (loss.name, miner.name) {
+        (
+            LossName::Triplet,
+            MinerName::BatchHard | MinerName::BatchAll | MinerName::SemiHard | MinerName::None,
+        ) => {}
+        (LossName::Triplet, MinerName::DncCutoff) => {
+            return pairing(
+                "miner.name: dnc_cutoff is the sampler of loss.name = margin: with loss.name = \
+                 triplet use miner.name = batch_hard, batch_all, semi_hard or none"
+                    .into(),
+            )
+        }
+        (LossName::Triplet, _) => {
+            return pairing(format!(
+                "miner.name: {miner_is} mines pairs, but loss.name = triplet needs triplets: use \
+                 miner.name = batch_hard, batch_all, semi_hard or none"
+            ))
+        }
+        (LossName::MultiSimilarity, MinerName::MultiSimilarity | MinerName::None) => {}
+        (LossName::MultiSimilarity, _) => {
+            return pairing(format!(
+                "miner.name: {miner_is} mines triplets, but loss.name = multi_similarity weighs \
+                 pairs: use miner.name = multi_similarity or none"
+            ))
+        }
+        (LossName::Margin, MinerName::DncCutoff) => {}
+        (LossName::Margin, _) => {
+            return pairing(format!(
+                "miner.name: {miner_is} is not a sampler of loss.name = margin: use miner.name = \
+                 dnc_cutoff"
+            ))
+        }
+        (LossName::Group, MinerName::None) => {}
+        (LossName::Group, _) => {
+            return pairing(format!(
+                "miner.name: {miner_is} has no meaning for loss.name = group (Group Loss uses the \
+                 whole batch): use miner.name = none"
+            ))
+        }
+    }
+    match (loss.name, loss.distance) {
+        (LossName::MultiSimilarity, LossDistance::Euclidean) => pairing(
+            "loss.distance: euclidean is not defined for loss.name = multi_similarity (it works \
+             on cosine similarities): use loss.distance = auto or cosine"
+                .into(),
+        ),
+        (LossName::Margin, LossDistance::Cosine) => pairing(
+            "loss.distance: cosine is not defined for loss.name = margin (it works on Euclidean \
+             distances): use loss.distance = auto or euclidean"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
 impl Config {
     /// Parses TOML text, applies overrides, and validates.
     ///
@@ -979,12 +1189,9 @@ impl Config {
                 );
             }
         }
-        if !matches!(self.model.last_stride, 1 | 2) {
-            return fail(
-                "model.last_stride",
-                format!("is {}, allowed: 1, 2", self.model.last_stride),
-            );
-        }
+        check_trunk(&self.model.trunk, self.model.last_stride)?;
+        self.validate_head()?;
+        check_loss(&self.loss, &self.miner)?;
         for (key, v) in [
             ("train.max_grad_norm", self.train.max_grad_norm),
             ("train.warn_weight_growth", self.train.warn_weight_growth),
@@ -1136,6 +1343,45 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the keys of `model.head`'s kind.
+    fn validate_head(&self) -> Result<()> {
+        let m = &self.model;
+        match m.head {
+            HeadKind::Cgd => check_cgd_descriptors(&m.cgd_descriptors, m.embedding_dim, m.gem_p),
+            HeadKind::Bfe => check_bfe_erase(m.bfe_erase),
+            HeadKind::Horde if m.horde_order == 0 || m.horde_dim == 0 => {
+                Err(Error::Config(format!(
+                    "model.horde_order / model.horde_dim: are {} / {}, both must be positive \
+                 (official 5 / 8192)",
+                    m.horde_order, m.horde_dim
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks what the Reality Check protocol (`dml reality-check`) needs beyond
+    /// [`validate`](Self::validate): validation every `eval.every` steps to pick each
+    /// fold's model, a test split, and no separate validation split (folds are cut from
+    /// `data.train`).
+    pub fn validate_reality_check(&self) -> Result<()> {
+        if self.eval.every == 0 {
+            return Err(Error::Config(
+                "eval.every: is 0; the Reality Check protocol picks each fold's model on \
+                 validation: set eval.every > 0"
+                    .into(),
+            ));
+        }
+        if self.data.test.is_empty() || !self.data.val.is_empty() {
+            return Err(Error::Config(
+                "data.test / data.val: the Reality Check protocol needs data.test set and \
+                 data.val empty (folds are cut from data.train)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks `[xbm]`: a memory at least one global batch long, a finite weight, and a
     /// loss that mines pairs or triplets against it.
     fn validate_xbm(&self) -> Result<()> {
@@ -1265,6 +1511,52 @@ mod tests {
         // 2048 × 10⁶ × 4 bytes = 7.63 GiB.
         assert!(err.contains("model.embedding_dim: is 1000000"), "{err}");
         assert!(err.contains("= 7.6 GiB"), "{err}");
+    }
+
+    /// Names, pairings and head keys are refused by `Config::parse` itself, each naming
+    /// the key and what is allowed, before any file is opened (issue 21).
+    #[test]
+    fn names_pairings_and_head_keys_are_checked_when_parsing() {
+        let err = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::parse("", &sets).unwrap_err().to_string()
+        };
+        let cases: [(&[&str], &str); 12] = [
+            (&["model.trunk=resnet19"], "model.trunk: is `resnet19`, allowed: resnet18, resnet34, resnet50"),
+            (&["model.trunk=densenet121", "model.last_stride=1"], "model.last_stride: is 1, but only the resnet trunks"),
+            (&["model.last_stride=3"], "model.last_stride: is 3, allowed: 1, 2"),
+            (&["miner.name=multi_similarity"], "miner.name: multi_similarity mines pairs, but loss.name = triplet"),
+            (&["loss.name=multi_similarity", "miner.name=semi_hard"], "use miner.name = multi_similarity or none"),
+            (&["loss.name=margin"], "miner.name: batch_hard is not a sampler of loss.name = margin: use miner.name = dnc_cutoff"),
+            (&["loss.name=group"], "miner.name: batch_hard has no meaning for loss.name = group"),
+            (&["loss.name=multi_similarity", "miner.name=none", "loss.distance=euclidean"], "loss.distance: euclidean is not defined"),
+            (&["loss.margin=-1"], "loss.margin: is -1, must be finite and ≥ 0"),
+            (&["model.head=cgd", "model.cgd_descriptors=SX"], "model.cgd_descriptors: is \"SX\", unknown descriptor `X`; allowed: S"),
+            (&["model.head=cgd", "model.cgd_descriptors=SMG", "model.embedding_dim=128"], "model.embedding_dim: is 128, must be a positive multiple of the 3"),
+            (&["model.head=bfe", "model.bfe_erase=[0.5, 1.5]"], "model.bfe_erase: is [0.5, 1.5]"),
+        ];
+        for (sets, want) in cases {
+            let e = err(sets);
+            assert!(e.contains(want), "{sets:?}: {e}");
+        }
+        let e = err(&["model.head=horde", "model.horde_dim=0"]);
+        assert!(
+            e.contains("model.horde_order / model.horde_dim: are 5 / 0"),
+            "{e}"
+        );
+        // Every registered trunk parses, with the stride each family allows.
+        for t in TRUNKS {
+            Config::parse("", &[format!("model.trunk={t}")]).unwrap();
+        }
+        Config::parse(
+            "",
+            &["model.trunk=resnet50".into(), "model.last_stride=1".into()],
+        )
+        .unwrap();
+        // The Reality Check protocol's own needs.
+        let rc = Config::parse("", &["data.test=t.dmlds".into(), "eval.every=0".into()]).unwrap();
+        let e = rc.validate_reality_check().unwrap_err().to_string();
+        assert!(e.contains("eval.every: is 0"), "{e}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::Config;
-use crate::data::loader::EvalLoader;
+use crate::data::loader::Loader;
 use crate::data::Dataset;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
@@ -160,7 +160,7 @@ fn sharded(
     let labels: Vec<i64> = indices.iter().map(|&i| ds.label(i) as i64).collect();
     let device = model.device();
     let kind = model.kind();
-    let mut loader = EvalLoader::new(
+    let mut loader = Loader::eval(
         ds,
         mine,
         opts.batch_size,

@@ -20,6 +20,7 @@ pub mod error;
 pub mod eval;
 pub mod loss;
 pub mod model;
+pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod rng;

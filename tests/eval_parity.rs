@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use dml::eval::knn::{knn, l2_normalize, KnnOptions};
+use dml::eval::knn::{knn, KnnOptions};
 use dml::eval::metrics::{evaluate, EvalOptions};
 use dml::eval::npy::{read_f32_2d, read_labels, write_f32, write_i64};
 use dml::eval::{evaluate_npy, NpyEvalArgs};
+use dml::ops::try_normalize;
 use dml::Error;
 use tch::{Device, Tensor};
 
@@ -179,7 +180,7 @@ fn nmi_ami_equal_sklearn_on_the_same_assignment_and_pml_is_close() {
         l.dedup();
         l.len()
     };
-    let x = l2_normalize(&c.q).unwrap();
+    let x = try_normalize(&c.q).unwrap();
     let km = dml::eval::kmeans::kmeans(&x, classes, &Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (lp, ap) = (dir.path().join("y.npy"), dir.path().join("a.npy"));

@@ -10,7 +10,7 @@ use dml::data::augment::{
     random_resized_crop_params, resize_center_crop, resized_crop, CropParams,
 };
 use dml::data::format::{Dataset, DatasetWriter, Metadata};
-use dml::data::loader::{Batch, EvalLoader, Images, TrainLoader, TrainLoaderOptions};
+use dml::data::loader::{Batch, Images, Loader, TrainLoaderOptions};
 use dml::data::sampler::Sampler;
 use dml::rng::SplitMix64;
 
@@ -71,7 +71,7 @@ fn options(workers: usize, prefetch: usize, rank: usize, world: usize) -> TrainL
 
 fn collect(ds: &Arc<Dataset>, opts: TrainLoaderOptions, start: u64, end: u64) -> Vec<Batch> {
     let sampler = Sampler::new(ds.labels(), 4, 2, 77).unwrap();
-    let mut l = TrainLoader::new(ds.clone(), sampler, opts, start, end).unwrap();
+    let mut l = Loader::train(ds.clone(), sampler, opts, start, end).unwrap();
     let mut out = Vec::new();
     while let Some(b) = l.try_next().unwrap() {
         out.push(b);
@@ -134,7 +134,7 @@ fn worker_errors_surface_and_drop_does_not_hang() {
     // A sampler over 1000 labels points past the 30-image file.
     let labels: Vec<u32> = (0..1000).map(|i| i % 6).collect();
     let sampler = Sampler::new(&labels, 4, 2, 1).unwrap();
-    let mut l = TrainLoader::new(ds.clone(), sampler, options(2, 2, 0, 1), 0, 50).unwrap();
+    let mut l = Loader::train(ds.clone(), sampler, options(2, 2, 0, 1), 0, 50).unwrap();
     let mut err = None;
     for _ in 0..50 {
         match l.try_next() {
@@ -154,7 +154,7 @@ fn worker_errors_surface_and_drop_does_not_hang() {
     let ds2 = ds.clone();
     std::thread::spawn(move || {
         let sampler = Sampler::new(ds2.labels(), 4, 2, 1).unwrap();
-        let mut l = TrainLoader::new(ds2, sampler, options(3, 2, 0, 1), 0, 10_000).unwrap();
+        let mut l = Loader::train(ds2, sampler, options(3, 2, 0, 1), 0, 10_000).unwrap();
         l.try_next().unwrap();
         l.try_next().unwrap();
         drop(l);
@@ -215,7 +215,7 @@ fn prepared_images_equal_to_tensor_and_reuse_recycled_buffers() {
         let mut opts = options(1, 1, 0, 1);
         opts.prepare = Some(kind);
         let sampler = Sampler::new(ds.labels(), 4, 2, 77).unwrap();
-        let mut l = TrainLoader::new(ds.clone(), sampler, opts, 0, 5).unwrap();
+        let mut l = Loader::train(ds.clone(), sampler, opts, 0, 5).unwrap();
         let mine = tch::Tensor::zeros([8, 3, 16, 16], (kind, tch::Device::Cpu));
         l.recycle(Batch {
             step: 0,
@@ -290,7 +290,7 @@ fn eval_loader_keeps_index_order() {
     let dir = tempfile::tempdir().unwrap();
     let ds = tiny_dataset(dir.path());
     let indices = vec![5, 3, 0, 7, 2, 29, 11];
-    let mut l = EvalLoader::new(ds.clone(), indices.clone(), 3, 12, 14, 3);
+    let mut l = Loader::eval(ds.clone(), indices.clone(), 3, 12, 14, 3);
     let mut got = Vec::new();
     let mut steps = Vec::new();
     while let Some(b) = l.try_next().unwrap() {

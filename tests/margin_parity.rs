@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use dml::config::{Config, LossConfig, LossDistance, LossName, MinerConfig, MinerName};
-use dml::loss::distance::normalize;
 use dml::loss::margin::dnc_sample;
 use dml::loss::{self, MarginLoss, MetricLoss};
+use dml::ops::normalize;
 use serde_json::Value;
 use tch::{Kind, Tensor};
 

@@ -576,6 +576,38 @@ fn a_classifier_too_small_for_the_labels_is_a_clear_error() {
     );
 }
 
+/// A misspelled trunk and an impossible loss/miner pair are refused when the config is
+/// read, before the (missing) dataset is opened and before a run directory exists.
+#[test]
+fn config_errors_come_before_any_file_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(&cfg, "[data]\ntrain = \"missing.dmlds\"\n").unwrap();
+    for (set, want) in [
+        (
+            "model.trunk=resnt50",
+            "model.trunk: is `resnt50`, allowed: resnet18",
+        ),
+        ("loss.name=margin", "use miner.name = dnc_cutoff"),
+    ] {
+        let run = tmp.path().join("run");
+        let out = dml()
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .args(["--set", set, "--out"])
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(want) && !err.contains("missing.dmlds"),
+            "{set}: {err}"
+        );
+        assert!(!run.exists(), "{set}: a run directory was made");
+    }
+}
+
 /// Under mpirun (stderr a pipe, the progress bar hidden) rank 0 prints a plain line every
 /// `train.log_every` steps and at the last, and each validation's metrics.
 #[test]

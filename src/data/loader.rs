@@ -54,7 +54,7 @@ pub struct TrainLoaderOptions {
     /// Number of ranks.
     pub world: usize,
     /// Also normalise each batch in the worker into a CPU tensor of this kind
-    /// ([`Batch::images`]), in buffers handed back with [`TrainLoader::recycle`]; `None`:
+    /// ([`Batch::images`]), in buffers handed back with [`Loader::recycle`]; `None`:
     /// u8 pixels only (the consumer calls [`Batch::to_tensor`]).
     pub prepare: Option<Kind>,
 }
@@ -299,45 +299,45 @@ impl Drop for Pool {
     }
 }
 
-/// The training loader of one rank: this rank's slice of the global N×K batch of each
-/// step in `start..end`, randomly resized, cropped and flipped.
+/// A loader: batches built by worker threads and handed over in order, for training
+/// ([`Loader::train`]) or evaluation ([`Loader::eval`]).
+///
+/// Training: this rank's slice of the global N×K batch of each step in `start..end`,
+/// randomly resized, cropped and flipped:
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use dml::data::{format::Dataset, sampler::Sampler, loader::{TrainLoader, TrainLoaderOptions}};
+/// use dml::data::{format::Dataset, sampler::Sampler, loader::{Loader, TrainLoaderOptions}};
 /// let ds = Arc::new(Dataset::open("train.dmlds".as_ref())?);
 /// let sampler = Sampler::new(ds.labels(), 8, 4, 0)?;
 /// let opts = TrainLoaderOptions { image_size: 224, crop_scale: [0.16, 1.0], crop_ratio: [0.75, 4.0 / 3.0], flip: true,
 ///     color_jitter: Default::default(), grayscale_p: 0.0,
 ///     workers: 4, prefetch: 4, seed: 0, rank: 0, world: 1, prepare: None };
-/// let mut loader = TrainLoader::new(ds, sampler, opts, 0, 100)?;
+/// let mut loader = Loader::train(ds, sampler, opts, 0, 100)?;
 /// while let Some(batch) = loader.try_next()? {
 ///     let _x = batch.to_tensor(tch::Device::Cpu, tch::Kind::Float);
 /// }
 /// # Ok::<(), dml::Error>(())
 /// ```
-pub struct TrainLoader {
+pub struct Loader {
     pool: Pool,
-    /// Buffers of normalised images handed back for reuse (with `prepare`).
+    /// Buffers of normalised images handed back for reuse (training with `prepare`).
     recycled: Option<Sender<Tensor>>,
 }
 
-impl TrainLoader {
-    /// Starts the workers for steps `start_step..end_step` of `sampler`'s plan (the
+impl Loader {
+    /// The training loader: starts the workers for steps `start_step..end_step` of `sampler`'s plan (the
     /// N×K [`crate::data::sampler::Sampler`], or Divide and Conquer's cluster sampler).
     ///
     /// Fails if the world size does not divide N·K, or on an empty crop size or range.
-    pub fn new(
+    pub fn train(
         ds: Arc<Dataset>,
         sampler: impl BatchPlan,
         opts: TrainLoaderOptions,
         start_step: u64,
         end_step: u64,
-    ) -> Result<TrainLoader> {
+    ) -> Result<Loader> {
         let slice = rank_slice(sampler.batch_size(), opts.rank, opts.world)?;
-        if opts.image_size == 0 {
-            return Err(Error::Config("data.image_size must be at least 1".into()));
-        }
         let jobs = end_step.saturating_sub(start_step);
         let (workers, prefetch) = (opts.workers, opts.prefetch);
         // Room for every buffer in flight: the queued batches, one per worker being
@@ -356,13 +356,48 @@ impl TrainLoader {
             }
             Ok(batch)
         };
-        Ok(TrainLoader {
+        Ok(Loader {
             pool: Pool::new(jobs, workers, prefetch, make),
             recycled,
         })
     }
 
-    /// The next step's batch, `None` after the last; a worker's failure is an error.
+    /// The evaluation loader: images `indices` in order, `batch_size` at a time (the
+    /// last batch may be shorter), with the test transform (shorter side → `resize`,
+    /// centre `image_size` crop), built by `workers` threads.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// let ds = Arc::new(dml::data::format::Dataset::open("test.dmlds".as_ref())?);
+    /// let all: Vec<usize> = (0..ds.len()).collect();
+    /// let mut loader = dml::data::loader::Loader::eval(ds, all, 256, 224, 256, 4);
+    /// while let Some(batch) = loader.try_next()? {
+    ///     println!("batch {} has {} images", batch.step, batch.len());
+    /// }
+    /// # Ok::<(), dml::Error>(())
+    /// ```
+    pub fn eval(
+        ds: Arc<Dataset>,
+        indices: Vec<usize>,
+        batch_size: usize,
+        image_size: usize,
+        resize: usize,
+        workers: usize,
+    ) -> Loader {
+        let batch_size = batch_size.max(1);
+        let jobs = indices.len().div_ceil(batch_size) as u64;
+        let make = move |job: u64| {
+            let from = job as usize * batch_size;
+            let part = &indices[from..(from + batch_size).min(indices.len())];
+            eval_batch(&ds, part, image_size, resize, job)
+        };
+        Loader {
+            pool: Pool::new(jobs, workers, workers.max(1) * 2, make),
+            recycled: None,
+        }
+    }
+
+    /// The next batch, `None` after the last; a worker's failure is an error.
     pub fn try_next(&mut self) -> Result<Option<Batch>> {
         self.pool.try_next()
     }
@@ -382,8 +417,8 @@ impl TrainLoader {
 /// Yields batches until the end.
 ///
 /// # Panics
-/// If a worker fails; use [`TrainLoader::try_next`] to get the error instead.
-impl Iterator for TrainLoader {
+/// If a worker fails; use [`Loader::try_next`] to get the error instead.
+impl Iterator for Loader {
     type Item = Batch;
 
     fn next(&mut self) -> Option<Batch> {
@@ -440,67 +475,7 @@ fn train_batch(
     })
 }
 
-/// The evaluation loader: images `indices` in order, `batch_size` at a time (the last
-/// batch may be shorter), with the test transform (shorter side → `resize`, centre
-/// `image_size` crop).
-///
-/// ```no_run
-/// use std::sync::Arc;
-/// let ds = Arc::new(dml::data::format::Dataset::open("test.dmlds".as_ref())?);
-/// let all: Vec<usize> = (0..ds.len()).collect();
-/// let mut loader = dml::data::loader::EvalLoader::new(ds, all, 256, 224, 256, 4);
-/// while let Some(batch) = loader.try_next()? {
-///     println!("batch {} has {} images", batch.step, batch.len());
-/// }
-/// # Ok::<(), dml::Error>(())
-/// ```
-pub struct EvalLoader {
-    pool: Pool,
-}
-
-impl EvalLoader {
-    /// Starts `workers` threads over `indices`.
-    pub fn new(
-        ds: Arc<Dataset>,
-        indices: Vec<usize>,
-        batch_size: usize,
-        image_size: usize,
-        resize: usize,
-        workers: usize,
-    ) -> EvalLoader {
-        let batch_size = batch_size.max(1);
-        let jobs = indices.len().div_ceil(batch_size) as u64;
-        let make = move |job: u64| {
-            let from = job as usize * batch_size;
-            let part = &indices[from..(from + batch_size).min(indices.len())];
-            eval_batch(&ds, part, image_size, resize, job)
-        };
-        EvalLoader {
-            pool: Pool::new(jobs, workers, workers.max(1) * 2, make),
-        }
-    }
-
-    /// The next batch, `None` after the last; a worker's failure is an error.
-    pub fn try_next(&mut self) -> Result<Option<Batch>> {
-        self.pool.try_next()
-    }
-}
-
-/// Yields batches until the end.
-///
-/// # Panics
-/// If a worker fails; use [`EvalLoader::try_next`] to get the error instead.
-impl Iterator for EvalLoader {
-    type Item = Batch;
-
-    fn next(&mut self) -> Option<Batch> {
-        match self.try_next() {
-            Ok(b) => b,
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
-
+/// The test-transformed images `indices` as the batch of job `step`.
 fn eval_batch(
     ds: &Dataset,
     indices: &[usize],

@@ -16,7 +16,7 @@ use tch::{Kind, Tensor};
 use super::hungarian::max_weight_matching;
 use crate::error::{Error, Result};
 use crate::eval::kmeans::{kmeans, KMeansInit, KMeansOptions};
-use crate::eval::knn::l2_normalize;
+use crate::ops::try_normalize;
 
 /// The k-means settings of the official code: 100 iterations, 5 restarts
 /// (k-means++ starts), seeded by `seed`.
@@ -71,7 +71,7 @@ pub fn recluster(
             labels.len()
         )));
     }
-    let x = l2_normalize(&features.f_to_kind(Kind::Float)?)?;
+    let x = try_normalize(&features.f_to_kind(Kind::Float)?)?;
     let c = kmeans(&x, k, opts)?;
     let mut assign: Vec<usize> = c.assignment.iter().map(|&a| a as usize).collect();
     if let Some(prev) = previous {

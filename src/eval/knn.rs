@@ -48,12 +48,6 @@ pub struct KnnOptions {
     pub device: Device,
 }
 
-/// Rows of unit L2 norm (zero rows stay zero), as `F.normalize(x, dim=1)`.
-pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x.f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?;
-    Ok(x.f_div(&norm.f_clamp_min(1e-12)?)?)
-}
-
 /// The number of query rows per block for `n_ref` references.
 pub fn block_rows(chunk: usize, n_ref: usize) -> usize {
     chunk.max(1).min((BLOCK_ELEMENTS / n_ref.max(1)).max(1))
@@ -78,7 +72,7 @@ impl Prepared {
             Ok(Prepared { x, sq: Some(sq) })
         } else {
             Ok(Prepared {
-                x: l2_normalize(&x)?,
+                x: crate::ops::try_normalize(&x)?,
                 sq: None,
             })
         }

@@ -21,8 +21,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::cluster;
 use super::kmeans::{kmeans, KMeansOptions};
-use super::knn::{knn, l2_normalize, KnnOptions};
+use super::knn::{knn, KnnOptions};
 use crate::error::{Error, Result};
+use crate::ops::try_normalize;
 
 /// The K of the `recall_at_K` metrics.
 pub const RECALL_KS: [usize; 11] = [1, 2, 4, 8, 16, 32, 10, 20, 30, 40, 50];
@@ -215,7 +216,11 @@ pub fn clustering_scores(query: &Tensor, labels: &[i64], opts: &EvalOptions) -> 
         l.len()
     };
     let x = query.f_to_device(opts.device)?.f_to_kind(Kind::Float)?;
-    let x = if opts.euclidean { x } else { l2_normalize(&x)? };
+    let x = if opts.euclidean {
+        x
+    } else {
+        try_normalize(&x)?
+    };
     let kopts = KMeansOptions::for_metrics(classes, opts.seed);
     let c = kmeans(&x, classes, &kopts)?;
     Ok((

@@ -16,7 +16,7 @@
 //! the whole matrix, so values and gradients agree to rounding.
 use tch::{Kind, Tensor};
 
-use super::distance::normalize;
+use crate::ops::normalize;
 
 /// Default size of one chunk's largest tensor, in elements (64 MiB of f32).
 pub const DEFAULT_BUDGET: i64 = 1 << 24;

@@ -54,21 +54,6 @@ impl Distance {
     }
 }
 
-/// `torch.nn.functional.normalize(x, p=2, dim=1, eps=1e-12)`, op for op.
-///
-/// ```
-/// let x = tch::Tensor::from_slice(&[3.0f64, 4.0]).view([1, 2]);
-/// let n = dml::loss::distance::normalize(&x);
-/// assert!((n.double_value(&[0, 0]) - 0.6).abs() < 1e-15);
-/// ```
-pub fn normalize(x: &Tensor) -> Tensor {
-    let norm = x
-        .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
-        .clamp_min(1e-12)
-        .expand_as(x);
-    x / norm
-}
-
 /// Label masks of rows `start..start+len` against the whole batch: `(positive, negative)`
 /// `[len, B]` booleans; a sample is not its own positive (PML's `get_matches_and_diffs`),
 /// a duplicate row at another index is.

@@ -146,7 +146,7 @@ impl GroupLoss {
             acc.mined = unl;
             acc.active = unl;
             acc.contributing = b;
-            let xn = super::distance::normalize(&f.detach());
+            let xn = crate::ops::normalize(&f.detach());
             let s = xn.matmul(&xn.tr());
             let (pos, neg) = super::distance::label_masks(&labels, 0, b);
             acc.add_pos(&s, &pos);

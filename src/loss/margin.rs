@@ -47,11 +47,11 @@
 use tch::{Kind, Tensor};
 
 use super::chunk::{zero_loss, DEFAULT_BUDGET};
-use super::distance::normalize;
 use super::stats::{count, StatsAcc};
 use super::xbm::{MemoryView, Reference};
 use super::{check_inputs, LossOutput, MetricLoss, Shard};
 use crate::error::Result;
+use crate::ops::normalize;
 
 /// The 10⁻⁴ floor of the official `pdist` before the square root.
 const PDIST_EPS: f64 = 1e-4;

@@ -132,30 +132,24 @@ pub struct LossOutput {
 /// # Ok::<(), dml::Error>(())
 /// ```
 pub fn build(loss: &LossConfig, miner: &MinerConfig) -> Result<Box<dyn MetricLoss>> {
-    validate(loss, miner)?;
+    crate::config::check_loss(loss, miner)?;
     let distance = Distance::resolve(loss.distance, loss.name);
+    let unpaired = || {
+        Error::Config(format!(
+            "loss.name / miner.name: no {} loss with miner.name = {}",
+            loss_name(loss.name),
+            crate::config::miner_name(miner.name)
+        ))
+    };
     match loss.name {
         LossName::Triplet => {
-            let m =
-                match miner.name {
-                    MinerName::BatchHard => TripletMiner::BatchHard,
-                    MinerName::BatchAll => TripletMiner::All,
-                    MinerName::SemiHard => TripletMiner::SemiHard,
-                    MinerName::None => TripletMiner::None,
-                    MinerName::DncCutoff => {
-                        return Err(Error::Config(
-                            "miner.name = dnc_cutoff is the sampler of loss.name = margin: with \
-                         loss.name = triplet use miner.name = batch_hard, batch_all, semi_hard \
-                         or none"
-                                .into(),
-                        ))
-                    }
-                    MinerName::MultiSimilarity => return Err(Error::Config(
-                        "miner.name = multi_similarity mines pairs, but loss.name = triplet needs \
-                         triplets: use miner.name = batch_hard, batch_all, semi_hard or none"
-                            .into(),
-                    )),
-                };
+            let m = match miner.name {
+                MinerName::BatchHard => TripletMiner::BatchHard,
+                MinerName::BatchAll => TripletMiner::All,
+                MinerName::SemiHard => TripletMiner::SemiHard,
+                MinerName::None => TripletMiner::None,
+                _ => return Err(unpaired()),
+            };
             Ok(Box::new(TripletLoss::new(
                 loss.margin,
                 loss.soft_margin,
@@ -164,24 +158,7 @@ pub fn build(loss: &LossConfig, miner: &MinerConfig) -> Result<Box<dyn MetricLos
             )))
         }
         LossName::MultiSimilarity => {
-            let epsilon = match miner.name {
-                MinerName::MultiSimilarity => Some(miner.epsilon),
-                MinerName::None => None,
-                other => {
-                    return Err(Error::Config(format!(
-                        "miner.name = {} mines triplets, but loss.name = multi_similarity weighs \
-                         pairs: use miner.name = multi_similarity or none",
-                        miner_name(other)
-                    )))
-                }
-            };
-            if distance != Distance::Cosine {
-                return Err(Error::Config(
-                    "loss.distance = euclidean is not defined for loss.name = multi_similarity \
-                     (it works on cosine similarities): use loss.distance = cosine"
-                        .into(),
-                ));
-            }
+            let epsilon = (miner.name == MinerName::MultiSimilarity).then_some(miner.epsilon);
             Ok(Box::new(MultiSimilarityLoss::new(
                 loss.ms_alpha,
                 loss.ms_beta,
@@ -189,27 +166,11 @@ pub fn build(loss: &LossConfig, miner: &MinerConfig) -> Result<Box<dyn MetricLos
                 epsilon,
             )))
         }
-        LossName::Margin => {
-            if miner.name != MinerName::DncCutoff {
-                return Err(Error::Config(format!(
-                    "miner.name = {} is not a sampler of loss.name = margin: use \
-                     miner.name = dnc_cutoff",
-                    miner_name(miner.name)
-                )));
-            }
-            if distance != Distance::Euclidean {
-                return Err(Error::Config(
-                    "loss.distance = cosine is not defined for loss.name = margin (it works on \
-                     Euclidean distances): use loss.distance = auto or euclidean"
-                        .into(),
-                ));
-            }
-            Ok(Box::new(MarginLoss::new(
-                loss.margin,
-                loss.margin_beta,
-                miner.cutoff,
-            )))
-        }
+        LossName::Margin => Ok(Box::new(MarginLoss::new(
+            loss.margin,
+            loss.margin_beta,
+            miner.cutoff,
+        ))),
         LossName::Group => Err(Error::Config(
             "loss.name = group works on embeddings and classifier logits: build it with \
              loss::Objective::build"
@@ -218,74 +179,14 @@ pub fn build(loss: &LossConfig, miner: &MinerConfig) -> Result<Box<dyn MetricLos
     }
 }
 
-/// Group Loss uses the whole batch: any miner but `none` is an error.
-fn validate_miner_for_group(miner: &MinerConfig) -> Result<()> {
-    if miner.name != MinerName::None {
-        return Err(Error::Config(format!(
-            "miner.name = {} has no meaning for loss.name = group (Group Loss uses the \
-             whole batch): use miner.name = none",
-            miner_name(miner.name)
-        )));
+/// The config spelling of a loss name.
+fn loss_name(l: LossName) -> &'static str {
+    match l {
+        LossName::Triplet => "triplet",
+        LossName::MultiSimilarity => "multi_similarity",
+        LossName::Margin => "margin",
+        LossName::Group => "group",
     }
-    Ok(())
-}
-
-/// The config spelling of a miner name.
-fn miner_name(m: MinerName) -> &'static str {
-    match m {
-        MinerName::BatchHard => "batch_hard",
-        MinerName::BatchAll => "batch_all",
-        MinerName::SemiHard => "semi_hard",
-        MinerName::MultiSimilarity => "multi_similarity",
-        MinerName::DncCutoff => "dnc_cutoff",
-        MinerName::None => "none",
-    }
-}
-
-/// Checks the numeric loss and miner keys.
-fn validate(loss: &LossConfig, miner: &MinerConfig) -> Result<()> {
-    let bad = |key: &str, v: f64, need: &str| Err(Error::Config(format!("{key} is {v}, {need}")));
-    if !(loss.margin.is_finite() && loss.margin >= 0.0) {
-        return bad("loss.margin", loss.margin, "must be finite and ≥ 0");
-    }
-    if !(loss.ms_alpha.is_finite() && loss.ms_alpha > 0.0) {
-        return bad("loss.ms_alpha", loss.ms_alpha, "must be positive");
-    }
-    if !(loss.ms_beta.is_finite() && loss.ms_beta > 0.0) {
-        return bad("loss.ms_beta", loss.ms_beta, "must be positive");
-    }
-    if !loss.ms_base.is_finite() {
-        return bad("loss.ms_base", loss.ms_base, "must be finite");
-    }
-    if !(loss.margin_beta.is_finite() && loss.margin_beta > 0.0) {
-        return bad("loss.margin_beta", loss.margin_beta, "must be positive");
-    }
-    if !(miner.cutoff.is_finite() && miner.cutoff >= 0.0) {
-        return bad("miner.cutoff", miner.cutoff, "must be finite and ≥ 0");
-    }
-    if !(miner.epsilon.is_finite() && miner.epsilon >= 0.0) {
-        return bad("miner.epsilon", miner.epsilon, "must be finite and ≥ 0");
-    }
-    if !(loss.group_temperature.is_finite() && loss.group_temperature > 0.0) {
-        return bad(
-            "loss.group_temperature",
-            loss.group_temperature,
-            "must be positive",
-        );
-    }
-    if loss.group_iterations == 0 {
-        return Err(Error::Config(
-            "loss.group_iterations is 0, must be at least 1".into(),
-        ));
-    }
-    if !(loss.group_ce_weight.is_finite() && loss.group_ce_weight >= 0.0) {
-        return bad(
-            "loss.group_ce_weight",
-            loss.group_ce_weight,
-            "must be finite and ≥ 0",
-        );
-    }
-    Ok(())
 }
 
 /// Checks that `emb` is `[B, D]` floating point and `labels` is `[B]` i64.

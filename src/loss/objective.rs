@@ -80,8 +80,7 @@ impl Objective {
     pub fn build(cfg: &Config) -> Result<Objective> {
         let (metric, group) = match cfg.loss.name {
             LossName::Group => {
-                super::validate_miner_for_group(&cfg.miner)?;
-                super::validate(&cfg.loss, &cfg.miner)?;
+                crate::config::check_loss(&cfg.loss, &cfg.miner)?;
                 (None, Some(GroupLoss::from_config(&cfg.loss)))
             }
             _ => (Some(super::build(&cfg.loss, &cfg.miner)?), None),

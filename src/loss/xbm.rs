@@ -123,7 +123,7 @@ impl CrossBatchMemory {
                         ring.size()[1]
                     )));
                 }
-                let value = super::distance::normalize(&e.detach())
+                let value = crate::ops::normalize(&e.detach())
                     .to_kind(ring.kind())
                     .to_device(ring.device());
                 let _ = ring.index_put_(&[Some(&slots)], &value, false);
@@ -273,7 +273,7 @@ impl Reference {
         let rows = memory.rows.to_kind(emb.kind()).to_device(device);
         let rows = match memory.unit {
             true => rows,
-            false => tch::no_grad(|| super::distance::normalize(&rows)),
+            false => tch::no_grad(|| crate::ops::normalize(&rows)),
         };
         Ok(Reference {
             rows,

@@ -6,18 +6,6 @@ use super::layers::{conv, conv_bn_act, Act, BnCfg, Conv, ConvBnAct, ConvOpts};
 use super::trunk::Trunk;
 use crate::error::{Error, Result};
 
-/// Names [`EfficientNet::new`] accepts.
-pub const NAMES: [&str; 8] = [
-    "efficientnet_b0",
-    "efficientnet_b1",
-    "efficientnet_b2",
-    "efficientnet_b3",
-    "efficientnet_b4",
-    "efficientnet_b5",
-    "efficientnet_b6",
-    "efficientnet_b7",
-];
-
 /// torchvision's `_make_divisible(v, 8)`.
 fn make_divisible(v: f64) -> i64 {
     let new_v = (((v + 4.0) as i64) / 8 * 8).max(8);

@@ -5,7 +5,7 @@
 use tch::{nn, Tensor};
 
 use super::{bninception, densenet, efficientnet, inception_v3, mobilenet_v2, resnet};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A convolutional trunk: images `[B, 3, H, W]` → last feature map `[B, C, h, w]`.
 pub trait Trunk: std::fmt::Debug {
@@ -23,23 +23,9 @@ pub trait Trunk: std::fmt::Debug {
     }
 }
 
-/// Every trunk name [`build`] accepts (torchvision's model names, and `bninception`
-/// with the names of the PyTorch port DML code uses).
+/// Every trunk name [`build`] accepts: [`crate::config::TRUNKS`].
 pub fn known() -> Vec<&'static str> {
-    let mut v = vec![
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "resnet101",
-        "resnet152",
-        "densenet121",
-        "densenet161",
-        "densenet169",
-        "densenet201",
-    ];
-    v.extend(efficientnet::NAMES);
-    v.extend(["inception_v3", "mobilenet_v2", "bninception"]);
-    v
+    crate::config::TRUNKS.to_vec()
 }
 
 /// Builds the trunk `arch` under `p` with torchvision's initialisation (from the
@@ -54,22 +40,7 @@ pub fn known() -> Vec<&'static str> {
 /// # Ok::<(), dml::Error>(())
 /// ```
 pub fn build(p: &nn::Path, arch: &str, last_stride: usize) -> Result<Box<dyn Trunk>> {
-    if !known().contains(&arch) {
-        return Err(Error::Config(format!(
-            "model.trunk: unknown trunk `{arch}`; known: {}",
-            known().join(", ")
-        )));
-    }
-    if last_stride != 1 && last_stride != 2 {
-        return Err(Error::Config(format!(
-            "model.last_stride: {last_stride}; must be 1 or 2"
-        )));
-    }
-    if last_stride != 2 && !arch.starts_with("resnet") {
-        return Err(Error::Config(format!(
-            "model.last_stride = {last_stride} is only supported by the resnet trunks, not `{arch}`"
-        )));
-    }
+    crate::config::check_trunk(arch, last_stride)?;
     Ok(match arch {
         a if a.starts_with("resnet") => Box::new(resnet::ResNet::new(p, a, last_stride)?),
         a if a.starts_with("densenet") => Box::new(densenet::DenseNet::new(p, a)?),

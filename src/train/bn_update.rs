@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::data::loader::TrainLoader;
+use crate::data::loader::Loader;
 use crate::data::sampler::Sampler;
 use crate::data::Dataset;
 use crate::dist::Comm;
@@ -40,7 +40,7 @@ pub fn reestimate_bn(
     }
     let batches = sampler.batches_per_epoch();
     let opts = super::loader_options(cfg, comm);
-    let mut loader = TrainLoader::new(train, sampler, opts, 0, batches as u64)?;
+    let mut loader = Loader::train(train, sampler, opts, 0, batches as u64)?;
     update_bn(&mut stats, batches, |b, momentum| {
         let batch = loader.try_next()?.ok_or_else(|| {
             Error::Train(format!(

@@ -9,7 +9,7 @@
 //! spread is at least [`SPREAD_KEPT`] of its peak so far, and ends the ramp once the
 //! smoothed spread falls below [`SPREAD_COLLAPSED`] of its peak.
 use crate::config::Config;
-use crate::data::loader::TrainLoader;
+use crate::data::loader::Loader;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::optim::{lr_range, Adam};
@@ -84,7 +84,7 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
     let cfg = &cfg;
     broadcast_model(&model, comm)?;
     let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
-    let mut loader = TrainLoader::new(
+    let mut loader = Loader::train(
         train,
         sampler,
         loader_options(cfg, comm),

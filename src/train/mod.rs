@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::config::{BnMode, Config, HeadKind, Precision};
-use crate::data::loader::{TrainLoader, TrainLoaderOptions};
+use crate::data::loader::{Loader, TrainLoaderOptions};
 use crate::data::sampler::{rank_slice, Sampler};
 use crate::data::Dataset;
 use crate::dist::{self, Comm};
@@ -103,7 +103,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
         let mut opts = loader_options(cfg, comm);
         // On the CPU the workers also normalise each batch, into recycled buffers.
         opts.prepare = (model.device() == tch::Device::Cpu).then_some(model.kind());
-        let mut loader = TrainLoader::new(
+        let mut loader = Loader::train(
             train.clone(),
             phase.plan,
             opts,

@@ -41,16 +41,7 @@ pub struct RealityCheckReport {
 /// # Ok(()) }
 /// ```
 pub fn run(cfg: &Config, comm: &dyn Comm, out: &Path) -> Result<RealityCheckReport> {
-    if cfg.eval.every == 0 {
-        return Err(Error::Config(
-            "eval.every: the Reality Check protocol picks each fold's model on validation; set eval.every > 0".into(),
-        ));
-    }
-    if cfg.data.test.is_empty() || !cfg.data.val.is_empty() {
-        return Err(Error::Config(
-            "data.test must be set and data.val empty: folds are cut from data.train".into(),
-        ));
-    }
+    cfg.validate_reality_check()?;
     let test = Arc::new(Dataset::open(Path::new(&cfg.data.test))?);
     let gallery = match cfg.data.gallery.as_str() {
         "" => None,

@@ -226,7 +226,7 @@ pub fn forward_backward(
 /// ```
 pub fn embedding_spread(e: &Tensor) -> Result<f64> {
     let mean = tch::no_grad(|| {
-        crate::loss::distance::normalize(&e.to_kind(tch::Kind::Double)).mean_dim(
+        crate::ops::normalize(&e.to_kind(tch::Kind::Double)).mean_dim(
             [0i64].as_slice(),
             false,
             tch::Kind::Double,

@@ -3,7 +3,7 @@ use tch::{nn, Tensor};
 
 use super::classifier::{torch_linear, Classifier};
 use super::{Head, HeadOutput, Pass};
-use crate::loss::distance::normalize;
+use crate::ops::normalize;
 
 /// Global average pooling of `[B, C, h, w]` into `[B, C]`.
 pub fn avg_pool(map: &Tensor) -> Tensor {

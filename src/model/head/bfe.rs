@@ -167,11 +167,7 @@ impl BfeHead {
                  bottleneck's width is C/4), got {channels}"
             )));
         }
-        if erase.iter().any(|r| !(0.0..=1.0).contains(r)) {
-            return Err(Error::Config(format!(
-                "model.bfe_erase = {erase:?}: both fractions must lie in [0, 1]"
-            )));
-        }
+        crate::config::check_bfe_erase(erase)?;
         let mut bns = Vec::new();
         let c = channels as i64;
         let (res_part2, _) = Block::new(&(p / "res_part2"), c, c / 4, 1, true, &mut bns);

@@ -18,8 +18,8 @@ use tch::{nn, nn::ModuleT, Tensor};
 
 use super::classifier::{torch_linear, Classifier};
 use super::{Head, HeadOutput, Pass};
-use crate::error::{Error, Result};
-use crate::loss::distance::normalize;
+use crate::error::Result;
+use crate::ops::normalize;
 
 /// One global descriptor of a feature map.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,33 +60,15 @@ impl Descriptor {
 /// # Ok::<(), dml::Error>(())
 /// ```
 pub fn parse_descriptors(spec: &str, dim: usize, gem_p: f64) -> Result<Vec<Descriptor>> {
-    let n = spec.chars().count();
-    if !(1..=3).contains(&n) {
-        return Err(Error::Config(format!(
-            "model.cgd_descriptors = {spec:?}: give 1 to 3 letters of S (average), M (max), G (GeM)"
-        )));
-    }
-    let descriptors = spec
+    crate::config::check_cgd_descriptors(spec, dim, gem_p)?;
+    Ok(spec
         .chars()
         .map(|c| match c {
-            'S' => Ok(Descriptor::Average),
-            'M' => Ok(Descriptor::Max),
-            'G' if gem_p.is_finite() && gem_p > 0.0 => Ok(Descriptor::Gem(gem_p)),
-            'G' => Err(Error::Config(format!(
-                "model.gem_p = {gem_p}: the GeM exponent must be positive and finite"
-            ))),
-            other => Err(Error::Config(format!(
-                "model.cgd_descriptors = {spec:?}: unknown descriptor `{other}`; use S (average), M (max), G (GeM)"
-            ))),
+            'S' => Descriptor::Average,
+            'M' => Descriptor::Max,
+            _ => Descriptor::Gem(gem_p),
         })
-        .collect::<Result<Vec<_>>>()?;
-    if dim == 0 || dim % n != 0 {
-        return Err(Error::Config(format!(
-            "model.embedding_dim = {dim} must be a positive multiple of the {n} descriptors of \
-             model.cgd_descriptors = {spec:?}"
-        )));
-    }
-    Ok(descriptors)
+        .collect())
 }
 
 /// The CGD head; see the module documentation.

@@ -22,7 +22,7 @@ use tch::{nn, Kind, Tensor};
 
 use super::basic::avg_pool;
 use super::{Classifier, Head, HeadOutput, Pass};
-use crate::loss::distance::normalize;
+use crate::ops::normalize;
 
 /// Glorot (Xavier) uniform bound `√(6 / (fan_in + fan_out))`.
 fn glorot(fan_in: usize, fan_out: usize) -> nn::Init {

@@ -111,11 +111,7 @@ impl HeadOutput {
                     )));
                 }
                 let w = (d / k) as i64;
-                Ok(crate::loss::distance::normalize(&e.narrow(
-                    1,
-                    c as i64 * w,
-                    w,
-                )))
+                Ok(crate::ops::normalize(&e.narrow(1, c as i64 * w, w)))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(HeadOutput {
