@@ -5,8 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use dml::config::Config;
-use dml::data::loader::Loader;
-use dml::train::{loader_options, setup, step::forward_backward, step_env};
+use dml::train::{step::forward_backward, Trainer};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -17,25 +16,12 @@ fn main() -> Result<()> {
     let cfg = Config::load(Path::new(cfg_path), &args[3..])?;
     let comm = dml::dist::init(cfg.dist.backend)?;
     dml::device::set_threads(0, comm.local_world());
-    let s = setup(&cfg, comm.as_ref())?;
-    let mut loader = Loader::train(
-        s.train.clone(),
-        s.sampler,
-        loader_options(&cfg, comm.as_ref()),
-        0,
-        1,
-    )?;
+    let s = Trainer::new(&cfg, comm.as_ref())?;
+    let mut loader = s.loader(s.sampler.clone(), 0, 1)?;
     let batch = loader.next().context("no batch")?;
     let images = batch.to_tensor(s.model.device(), s.model.kind());
     let labels = tch::Tensor::from_slice(&batch.labels);
-    let env = step_env(
-        &cfg,
-        &s.model,
-        &s.objective,
-        comm.as_ref(),
-        s.teacher.as_ref(),
-    );
-    let out_step = forward_backward(&env, &images, &labels, 1, None)?;
+    let out_step = forward_backward(&s.env(), &images, &labels, 1, None)?;
     if comm.rank() == 0 {
         let grads: Vec<(String, tch::Tensor)> = s
             .model

@@ -528,17 +528,17 @@ fn swa_with_training_batchnorm_saves_reestimated_statistics() {
     ok(c);
     let cfg = Config::load(&run.join("config.toml"), &[]).unwrap();
     let comm = dml::dist::local::Local;
-    let s = dml::train::setup(&cfg, &comm).unwrap();
-    let mut model = s.model;
-    model.load(&run.join("model.safetensors")).unwrap();
-    let saved: Vec<(String, tch::Tensor)> = model
+    let mut t = dml::train::Trainer::new(&cfg, &comm).unwrap();
+    t.model.load(&run.join("model.safetensors")).unwrap();
+    let saved: Vec<(String, tch::Tensor)> = t
+        .model
         .map_batchnorm_buffers()
         .into_iter()
         .map(|(n, t)| (n, t.copy()))
         .collect();
     assert!(saved.len() >= 2 * 20, "{} BatchNorm buffers", saved.len());
-    dml::train::bn_update::reestimate_bn(&model, &cfg, &comm, s.train, s.sampler).unwrap();
-    for ((name, want), (_, got)) in saved.iter().zip(model.map_batchnorm_buffers()) {
+    dml::train::bn_update::reestimate_bn(&t).unwrap();
+    for ((name, want), (_, got)) in saved.iter().zip(t.model.map_batchnorm_buffers()) {
         let d = (&got - want).abs().max().double_value(&[]);
         assert!(d <= 1e-6, "{name}: re-estimated again differs by {d}");
     }

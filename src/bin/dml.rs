@@ -3,16 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
 use dml::config::{Backend, Config};
 use dml::data::Dataset;
 use dml::dist::{self, Comm};
-use dml::embed::{companion_files, embed_dataset, write_embeddings, EmbedOptions};
+use dml::embed::{companion_files, embed_dataset, write_embeddings};
 use dml::eval::metrics::Metrics;
-use dml::eval::run::{eval_files, evaluate_model, RunWeights};
-use dml::model::Model;
+use dml::eval::run::{eval_files, evaluate_model, load_run, LoadedRun};
 use dml::train::RunEnd;
 
 #[derive(Parser)]
@@ -288,7 +287,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 (Some(run), data, None, _) => {
                     let mut result = None;
                     with_comm(Backend::Auto, |comm| {
-                        let (cfg, model, opts) = load_run(comm, &run)?;
+                        let LoadedRun {
+                            cfg, model, opts, ..
+                        } = load_run_told(comm, &run)?;
                         let (query, gallery) =
                             eval_files(&cfg, data.as_deref(), gallery.as_deref())?;
                         if comm.rank() == 0 {
@@ -343,7 +344,8 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 let ramp = dml::train::lr_find::LrRamp { start, end, steps };
                 let r = dml::train::lr_find::lr_find(&cfg, comm, ramp)?;
                 if comm.rank() == 0 {
-                    write_lr_find(&out, &r)?;
+                    let png = r.write(&out)?;
+                    eprintln!("wrote {} and lr_find.jsonl", png.display());
                     if r.low_spread_steps > 0 {
                         println!(
                             "{} of {} steps left out of the suggestion: their embedding spread was below {:.0}% of its peak (collapsing)",
@@ -381,7 +383,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             })
         }
         Cmd::Embed { run, data, out } => with_comm(Backend::Auto, |comm| {
-            let (cfg, model, opts) = load_run(comm, &run)?;
+            let LoadedRun {
+                cfg, model, opts, ..
+            } = load_run_told(comm, &run)?;
             let (data, _) = eval_files(&cfg, data.as_deref(), None)?;
             let ds = Arc::new(Dataset::open(&data)?);
             let (emb, labels) = embed_dataset(&model, comm, ds.clone(), opts)?;
@@ -412,35 +416,15 @@ fn print_metrics(m: &Metrics, json: bool) {
     }
 }
 
-/// The model a run path names (a run, `RUN/best`, `RUN/checkpoints/step-N`), with the
-/// run's config and test transform; rank 0 says which weights it loaded.
-fn load_run(comm: &dyn Comm, path: &Path) -> Result<(Config, Model, EmbedOptions)> {
-    let weights = RunWeights::locate(path)?;
-    let cfg = weights.load_config()?;
-    dml::device::set_threads(cfg.train.threads, comm.local_world());
-    let model = weights.load_model(&cfg, comm)?;
+/// [`load_run`], rank 0 saying which weights it loaded.
+fn load_run_told(comm: &dyn Comm, path: &Path) -> Result<LoadedRun> {
+    let run = load_run(comm, path)?;
     if comm.rank() == 0 {
-        eprintln!("weights: {} ({})", weights.weights.display(), weights.what);
+        eprintln!(
+            "weights: {} ({})",
+            run.weights.weights.display(),
+            run.weights.what
+        );
     }
-    let opts = EmbedOptions::from_config(&cfg);
-    Ok((cfg, model, opts))
-}
-
-/// Writes the range test's points and picture.
-fn write_lr_find(out: &Path, r: &dml::train::lr_find::LrFindResult) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let lines: String = r
-        .points
-        .iter()
-        .zip(&r.spreads)
-        .map(|((lr, loss), spread)| {
-            let row = serde_json::json!({ "lr": lr, "loss": loss, "embedding_spread": spread });
-            format!("{row}\n")
-        })
-        .collect();
-    std::fs::write(out.join("lr_find.jsonl"), lines)?;
-    let png = out.join("lr_find.png");
-    dml::plot::plot_lr_range(&r.points, (r.base, r.max), r.collapsed_at, &png)?;
-    eprintln!("wrote {} and lr_find.jsonl", png.display());
-    Ok(())
+    Ok(run)
 }

@@ -9,8 +9,15 @@
 //!   reclusterings;
 //! - [`cluster`]: k-means + relabelling + dropping single-sample classes
 //!   (`lib/clustering.py`);
-//! - [`sampler`]: the cluster-aware N×K batch of each step.
+//! - [`sampler`]: the cluster-aware N×K batch of each step;
+//! - [`schedule`]: the phases of a run (when to recluster, which batches and which
+//!   embedding slice each step trains), saved with checkpoints, and the sliced view of
+//!   a head's output.
+//!
+//! The margin loss with D&C's sampler lives with the other losses
+//! (`loss::margin`); the training loop only asks [`schedule::Schedule`] for its phases.
 
 pub mod cluster;
 pub mod hungarian;
 pub mod sampler;
+pub mod schedule;

@@ -27,6 +27,43 @@ pub struct RunWeights {
     pub what: String,
 }
 
+/// A run's model ready to embed: its config, the model with the weights of the path,
+/// the test transform, and which weights those are.
+pub struct LoadedRun {
+    /// The run's config.
+    pub cfg: Config,
+    /// The model on this rank's device.
+    pub model: Model,
+    /// The run's test transform and evaluation batch.
+    pub opts: EmbedOptions,
+    /// Where the weights came from.
+    pub weights: RunWeights,
+}
+
+/// The model a run path names (a run, `RUN/best`, `RUN/checkpoints/step-N`, see
+/// [`RunWeights::locate`]), with the run's config and test transform, with
+/// `train.threads` applied to this process.
+///
+/// ```no_run
+/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
+/// let run = dml::eval::run::load_run(comm, "runs/quick/best".as_ref())?;
+/// println!("{} ({})", run.weights.weights.display(), run.weights.what);
+/// # Ok(()) }
+/// ```
+pub fn load_run(comm: &dyn Comm, path: &Path) -> Result<LoadedRun> {
+    let weights = RunWeights::locate(path)?;
+    let cfg = weights.load_config()?;
+    crate::device::set_threads(cfg.train.threads, comm.local_world());
+    let model = weights.load_model(&cfg, comm)?;
+    let opts = EmbedOptions::from_config(&cfg);
+    Ok(LoadedRun {
+        cfg,
+        model,
+        opts,
+        weights,
+    })
+}
+
 impl RunWeights {
     /// Finds the config and weights of `path`: a run directory (its final
     /// `model.safetensors`), `RUN/best`, `RUN/checkpoints/step-N`, or a `.safetensors`

@@ -1,16 +1,9 @@
 //! SWA's last step when BatchNorm trains (`model.bn = "train"`): re-estimate the running
 //! statistics of the averaged weights over one epoch of training batches, as
 //! `torch.optim.swa_utils.update_bn` (timgaripov/swa's `bn_update`).
-use std::sync::Arc;
-
-use crate::config::Config;
-use crate::data::loader::Loader;
-use crate::data::sampler::Sampler;
-use crate::data::Dataset;
-use crate::dist::Comm;
+use super::Trainer;
 use crate::error::{Error, Result};
 use crate::model::layers::with_bn_momentum;
-use crate::model::Model;
 use crate::optim::{update_bn, BnStats};
 
 /// Resets the running statistics of every BatchNorm on feature maps and recomputes
@@ -21,26 +14,19 @@ use crate::optim::{update_bn, BnStats};
 /// statistics from training.
 ///
 /// ```no_run
-/// # fn demo(model: &dml::model::Model, cfg: &dml::config::Config, comm: &dyn dml::dist::Comm,
-/// #         train: std::sync::Arc<dml::data::Dataset>, sampler: dml::data::sampler::Sampler) -> dml::Result<()> {
-/// dml::train::bn_update::reestimate_bn(model, cfg, comm, train, sampler)?;
+/// # fn demo(trainer: &dml::train::Trainer) -> dml::Result<()> {
+/// dml::train::bn_update::reestimate_bn(trainer)?;
 /// # Ok(()) }
 /// ```
-pub fn reestimate_bn(
-    model: &Model,
-    cfg: &Config,
-    comm: &dyn Comm,
-    train: Arc<Dataset>,
-    sampler: Sampler,
-) -> Result<()> {
+pub fn reestimate_bn(trainer: &Trainer) -> Result<()> {
+    let (model, comm) = (&trainer.model, trainer.comm);
     let buffers = model.map_batchnorm_buffers();
     let mut stats = BnStats::from_named(&buffers)?;
     if stats.is_empty() {
         return Ok(());
     }
-    let batches = sampler.batches_per_epoch();
-    let opts = super::loader_options(cfg, comm);
-    let mut loader = Loader::train(train, sampler, opts, 0, batches as u64)?;
+    let batches = trainer.sampler.batches_per_epoch();
+    let mut loader = trainer.loader(trainer.sampler.clone(), 0, batches)?;
     update_bn(&mut stats, batches, |b, momentum| {
         let batch = loader.try_next()?.ok_or_else(|| {
             Error::Train(format!(

@@ -24,7 +24,7 @@ pub struct LoopState {
     pub sampler: SamplerState,
     /// Divide and Conquer's clustering of the phase in progress.
     #[serde(default)]
-    pub dnc: Option<super::dnc::DncState>,
+    pub dnc: Option<crate::dnc::schedule::DncState>,
 }
 
 /// The cross-batch memory's file in a checkpoint directory.

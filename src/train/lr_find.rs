@@ -9,12 +9,11 @@
 //! spread is at least [`SPREAD_KEPT`] of its peak so far, and ends the ramp once the
 //! smoothed spread falls below [`SPREAD_COLLAPSED`] of its peak.
 use crate::config::Config;
-use crate::data::loader::Loader;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
-use crate::optim::{lr_range, Adam};
+use crate::optim::lr_range;
 
-use super::{broadcast_model, loader_options, param_groups, setup, step, step_env, Setup};
+use super::{step, Trainer};
 
 /// The ramp of an LR range test.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +52,29 @@ pub struct LrFindResult {
     pub collapsed_at: Option<f64>,
 }
 
+impl LrFindResult {
+    /// Writes `lr_find.jsonl` (lr, loss and embedding spread per step) and
+    /// `lr_find.png` (the curve with the suggestions and any collapse) into `out`;
+    /// returns the picture's path.
+    pub fn write(&self, out: &std::path::Path) -> Result<std::path::PathBuf> {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let lines: String = self
+            .points
+            .iter()
+            .zip(&self.spreads)
+            .map(|((lr, loss), spread)| {
+                let row = serde_json::json!({ "lr": lr, "loss": loss, "embedding_spread": spread });
+                format!("{row}\n")
+            })
+            .collect();
+        let jsonl = out.join("lr_find.jsonl");
+        std::fs::write(&jsonl, lines).map_err(|e| Error::io(&jsonl, e))?;
+        let png = out.join("lr_find.png");
+        crate::plot::plot_lr_range(&self.points, (self.base, self.max), self.collapsed_at, &png)?;
+        Ok(png)
+    }
+}
+
 /// Runs the range test with the model, data and objective of `cfg` on every rank (the
 /// global batch as in training). Stops early once the smoothed loss exceeds four times its
 /// minimum or is not finite, or the embedding has collapsed ([`SPREAD_COLLAPSED`]).
@@ -72,26 +94,11 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
             ramp.start, ramp.end, ramp.steps
         )));
     }
-    let Setup {
-        cfg,
-        train,
-        sampler,
-        model,
-        objective,
-        teacher,
-        ..
-    } = setup(cfg, comm)?;
-    let cfg = &cfg;
-    broadcast_model(&model, comm)?;
-    let mut optim = Adam::new(param_groups(&model, cfg.optim.head_lr_mult), &cfg.optim);
-    let mut loader = Loader::train(
-        train,
-        sampler,
-        loader_options(cfg, comm),
-        0,
-        ramp.steps as u64,
-    )?;
-    let env = step_env(cfg, &model, &objective, comm, teacher.as_ref());
+    let t = Trainer::new(cfg, comm)?;
+    t.broadcast_model()?;
+    let mut optim = t.optimizer();
+    let mut loader = t.loader(t.sampler.clone(), 0, ramp.steps)?;
+    let env = t.env();
     let (mut points, mut spreads) = (Vec::new(), Vec::new());
     let mut smooth = Smoother::new(0.9);
     let mut spread = Smoother::new(0.9);

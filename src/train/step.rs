@@ -159,7 +159,7 @@ pub fn forward_backward(
         None => None,
     };
     if let Some((c, k)) = slice {
-        out = out.slice(c, k)?;
+        out = crate::dnc::schedule::slice_output(out, c, k)?;
     }
     let share = objective_backward(
         env,

@@ -92,34 +92,6 @@ impl HeadOutput {
             .map(Tensor::shallow_clone)
             .collect()
     }
-
-    /// Divide and Conquer: every embedding restricted to slice `c` of `k` equal slices
-    /// of its dimensions, L2-normalised again (CompVis/metric-learning-divide-and-conquer,
-    /// lib/model.py). `k = 1` leaves the output unchanged.
-    pub fn slice(self, c: usize, k: usize) -> Result<HeadOutput> {
-        if k <= 1 {
-            return Ok(self);
-        }
-        let embeddings = self
-            .embeddings
-            .iter()
-            .map(|e| {
-                let d = e.size()[1] as usize;
-                if d % k != 0 || c >= k {
-                    return Err(Error::Config(format!(
-                        "dnc.clusters = {k} must divide the embedding dimension {d}"
-                    )));
-                }
-                let w = (d / k) as i64;
-                Ok(crate::ops::normalize(&e.narrow(1, c as i64 * w, w)))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(HeadOutput {
-            embeddings,
-            logits: self.logits,
-            test: self.test,
-        })
-    }
 }
 
 /// The head of a model; see the module documentation for the two halves.

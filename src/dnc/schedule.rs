@@ -26,7 +26,7 @@ use crate::dnc::sampler::ClusterSampler;
 use crate::embed::{trunk_features, EmbedOptions};
 use crate::error::{Error, Result};
 use crate::eval::kmeans::{KMeansInit, KMeansOptions};
-use crate::model::Model;
+use crate::model::{HeadOutput, Model};
 use crate::rng::mix64;
 
 /// The embedding slice that the loss of 0-based step `t` sees, as (index, count), in a
@@ -36,8 +36,8 @@ use crate::rng::mix64;
 /// ```
 /// let mut cfg = dml::config::DncConfig::default();
 /// cfg.full_embedding_step = 5;
-/// assert_eq!(dml::train::dnc::slice_of_step(&cfg, 4, 2), Some((0, 2)));
-/// assert_eq!(dml::train::dnc::slice_of_step(&cfg, 5, 2), None);
+/// assert_eq!(dml::dnc::schedule::slice_of_step(&cfg, 4, 2), Some((0, 2)));
+/// assert_eq!(dml::dnc::schedule::slice_of_step(&cfg, 5, 2), None);
 /// ```
 pub fn slice_of_step(cfg: &DncConfig, t: usize, slices: usize) -> Option<(usize, usize)> {
     let whole = cfg.full_embedding_step > 0 && t >= cfg.full_embedding_step;
@@ -53,15 +53,66 @@ pub struct DncState {
     pub clusters: Vec<i64>,
 }
 
-/// What the loop runs next: the batches of steps `start..end` and how many embedding
-/// slices they train (1: the whole embedding).
+/// What the loop runs next: the batches of steps `start..end` and the embedding slice
+/// each step trains ([`Slicing::slice_of`]). Without D&C one phase covers the whole run
+/// with the plain sampler and the whole embedding.
 pub struct Phase {
     /// The batches.
     pub plan: Box<dyn BatchPlan>,
     /// One past the last step (0-based) of the phase.
     pub end: usize,
+    /// Which embedding slice each step of the phase trains.
+    pub slicing: Slicing,
+}
+
+/// How a phase's steps slice the embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slicing {
     /// K during the clustered stage, 1 in the final stage or without D&C.
     pub slices: usize,
+    /// `dnc.full_embedding_step` (0: unset).
+    pub full_embedding_step: usize,
+}
+
+impl Slicing {
+    /// The embedding slice, (index, count), that the loss of 0-based step `t` sees;
+    /// `None` for the whole embedding ([`slice_of_step`]).
+    pub fn slice_of(&self, t: usize) -> Option<(usize, usize)> {
+        let cfg = DncConfig {
+            full_embedding_step: self.full_embedding_step,
+            ..DncConfig::default()
+        };
+        slice_of_step(&cfg, t, self.slices)
+    }
+}
+
+/// Divide and Conquer's view of a head output: every embedding restricted to slice `c`
+/// of `k` equal slices of its dimensions, L2-normalised again
+/// (CompVis/metric-learning-divide-and-conquer, lib/model.py). `k = 1` leaves the
+/// output unchanged.
+pub fn slice_output(out: HeadOutput, c: usize, k: usize) -> Result<HeadOutput> {
+    if k <= 1 {
+        return Ok(out);
+    }
+    let embeddings = out
+        .embeddings
+        .iter()
+        .map(|e| {
+            let d = e.size()[1] as usize;
+            if d % k != 0 || c >= k {
+                return Err(Error::Config(format!(
+                    "dnc.clusters: is {k}, must divide the embedding dimension {d}"
+                )));
+            }
+            let w = (d / k) as i64;
+            Ok(crate::ops::normalize(&e.narrow(1, c as i64 * w, w)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(HeadOutput {
+        embeddings,
+        logits: out.logits,
+        test: out.test,
+    })
 }
 
 /// The cluster sampler as a [`BatchPlan`].
@@ -123,7 +174,10 @@ impl Schedule {
             return Ok(Phase {
                 plan: Box::new(self.sampler.clone()),
                 end: total,
-                slices: 1,
+                slicing: Slicing {
+                    slices: 1,
+                    full_embedding_step: d.full_embedding_step,
+                },
             });
         }
         let boundary = (start / d.recluster_every + 1) * d.recluster_every;
@@ -157,7 +211,10 @@ impl Schedule {
                 batch: n * k,
             }),
             end,
-            slices: d.clusters,
+            slicing: Slicing {
+                slices: d.clusters,
+                full_embedding_step: d.full_embedding_step,
+            },
         })
     }
 
