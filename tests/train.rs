@@ -367,6 +367,32 @@ fn validation_keeps_the_best_model_and_plot_and_lr_find_write_pictures() {
     let points = std::fs::read_to_string(lr_dir.join("lr_find.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(points.lines().next().unwrap()).unwrap();
     assert_eq!(first["lr"].as_f64().unwrap(), 1e-6);
+
+    // With a cross-batch memory the range test trains the run's objective: the memory
+    // term adds to every loss from xbm.start on (the first step is in-batch only).
+    let xbm_dir = tmp.path().join("lr-xbm");
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["lr-find", "--config"])
+        .arg(&cfg)
+        .args(["--steps", "8", "--start", "1e-6", "--end", "5e-4", "--out"])
+        .arg(&xbm_dir)
+        .args(["--set", "xbm.size=64", "--set", "xbm.start=2"]);
+    ok(c);
+    let losses = |dir: &std::path::Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("lr_find.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (plain, memory) = (losses(&lr_dir), losses(&xbm_dir));
+    assert_eq!(plain[0], memory[0], "step 1 has no memory term");
+    assert!(memory[1] > plain[1], "{plain:?} vs {memory:?}");
 }
 
 /// Batch-hard triplet from a random ResNet collapses as the rate ramps up: the loss falls

@@ -8,9 +8,12 @@
 //! embeddings ([`crate::train::step::embedding_spread`]), suggests only rates of steps whose
 //! spread is at least [`SPREAD_KEPT`] of its peak so far, and ends the ramp once the
 //! smoothed spread falls below [`SPREAD_COLLAPSED`] of its peak.
+use std::cell::RefCell;
+
 use crate::config::Config;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
+use crate::loss::xbm::CrossBatchMemory;
 use crate::optim::lr_range;
 
 use super::{step, Trainer};
@@ -76,7 +79,7 @@ impl LrFindResult {
 }
 
 /// Runs the range test with the model, data and objective of `cfg` on every rank (the
-/// global batch as in training). Stops early once the smoothed loss exceeds four times its
+/// global batch as in training, and a cross-batch memory when `[xbm]` has one). Stops early once the smoothed loss exceeds four times its
 /// minimum or is not finite, or the embedding has collapsed ([`SPREAD_COLLAPSED`]).
 ///
 /// ```no_run
@@ -98,7 +101,10 @@ pub fn lr_find(cfg: &Config, comm: &dyn Comm, ramp: LrRamp) -> Result<LrFindResu
     t.broadcast_model()?;
     let mut optim = t.optimizer();
     let mut loader = t.loader(t.sampler.clone(), 0, ramp.steps)?;
-    let env = t.env();
+    // The objective the run would train: with `[xbm]`, a fresh memory from `xbm.start` on.
+    let memory = (t.cfg.xbm.size > 0).then(|| RefCell::new(CrossBatchMemory::new(&t.cfg.xbm)));
+    let mut env = t.env();
+    env.memory = memory.as_ref();
     let (mut points, mut spreads) = (Vec::new(), Vec::new());
     let mut smooth = Smoother::new(0.9);
     let mut spread = Smoother::new(0.9);
