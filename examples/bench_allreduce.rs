@@ -1,12 +1,12 @@
 //! Gradient all-reduce speed: `mpirun -np 2 bench_allreduce [REPEATS]`.
 //!
 //! A ResNet-18-sized gradient set (11.69M f32 in 62 tensors, the shapes of torchvision's
-//! resnet18 trainable parameters) is summed across ranks with `dist::all_reduce_grads`
+//! resnet18 trainable parameters) is summed across ranks with `comm::all_reduce_grads`
 //! at bucket sizes 1, 4, 25 and 100 MB, and one collective per parameter. Rank 0 prints
 //! a Markdown table of median and min times (BENCHMARKS.md, "Communication").
 use std::time::Instant;
 
-use dml::dist;
+use dml::comm;
 use tch::{Device, Kind, Tensor};
 
 /// torchvision resnet18's trainable parameter shapes, in state_dict order (62 tensors).
@@ -38,7 +38,7 @@ fn main() -> dml::Result<()> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let comm = dist::init(dml::config::Backend::Auto)?;
+    let comm = comm::init(dml::config::Backend::Auto)?;
     let params: Vec<Tensor> = resnet18_shapes()
         .iter()
         .map(|s| Tensor::zeros(&s[..], (Kind::Float, Device::Cpu)).set_requires_grad(true))
@@ -72,7 +72,7 @@ fn main() -> dml::Result<()> {
             comm.barrier()?;
             let t = Instant::now();
             match bucket {
-                Some(b) => dist::all_reduce_grads(comm.as_ref(), &params, b)?,
+                Some(b) => comm::all_reduce_grads(comm.as_ref(), &params, b)?,
                 None => {
                     for p in &params {
                         comm.all_reduce_sum(&mut p.grad())?;

@@ -88,7 +88,7 @@ fn randn(rows: i64, cols: i64, seed: i64, kind: Kind) -> Tensor {
 
 fn main() -> Result<()> {
     let a = parse()?;
-    let comm = dml::dist::init(dml::config::Backend::Auto)?;
+    let comm = dml::comm::init(dml::config::Backend::Auto)?;
     let (rank, world) = (comm.rank() as i64, comm.world() as i64);
     if a.batch % world != 0 {
         bail!("--batch {} is not divisible by the {world} ranks", a.batch);
@@ -118,7 +118,7 @@ fn main() -> Result<()> {
     };
     let proj = (a.classes > 0).then(|| randn(a.dim, a.classes, 8, kind));
     let teacher = a.distill.as_ref().map(|_| randn(a.batch, a.dim, 9, kind));
-    let sum = |v: &mut [f64]| dml::dist::sum_f64s(comm.as_ref(), v);
+    let sum = |v: &mut [f64]| dml::comm::sum_f64s(comm.as_ref(), v);
     let shard = Shard::new(rank * rows, rows, rank == 0, &sum);
     let mut times = Vec::new();
     let mut first: Option<(f64, Tensor)> = None;

@@ -15,8 +15,8 @@
 //! all-reduces while the others wait in the collective. `kill`: SIGKILL; `abort`:
 //! `std::process::abort()`; `exit`: `process::exit(3)` without finalising MPI; `error`:
 //! an error on rank 1, handled like the `dml` binary does (`comm.abort(1)`).
+use dml::comm::{self, Comm};
 use dml::config::Backend;
-use dml::dist::{self, Comm};
 use tch::{Device, Kind, Tensor};
 
 type Check = Result<(), String>;
@@ -192,9 +192,9 @@ fn grads(comm: &dyn Comm, dev: Device) -> Check {
         for average in [false, true] {
             let ps = params_with_grads(r, dev);
             let res = if average {
-                dist::average_grads(comm, &ps, bucket)
+                comm::average_grads(comm, &ps, bucket)
             } else {
-                dist::all_reduce_grads(comm, &ps, bucket)
+                comm::all_reduce_grads(comm, &ps, bucket)
             };
             res.map_err(|e| e.to_string())?;
             for (i, (p, want)) in ps.iter().zip(&reference).enumerate() {
@@ -214,12 +214,12 @@ fn grads(comm: &dyn Comm, dev: Device) -> Check {
 
 fn mismatches(comm: &dyn Comm, dev: Device) -> Check {
     let r = comm.rank();
-    dist::check_same_everywhere(comm, "a constant", b"same on every rank")
+    comm::check_same_everywhere(comm, "a constant", b"same on every rank")
         .map_err(|e| e.to_string())?;
     if comm.world() < 2 {
         return Ok(());
     }
-    let e = dist::check_same_everywhere(comm, "the rank's name", format!("rank {r}").as_bytes())
+    let e = comm::check_same_everywhere(comm, "the rank's name", format!("rank {r}").as_bytes())
         .err()
         .ok_or("check_same_everywhere missed a difference")?
         .to_string();
@@ -302,7 +302,7 @@ fn main() {
         eprintln!("comm_selfcheck: {e}");
         std::process::exit(2)
     });
-    let comm = match dist::init(backend) {
+    let comm = match comm::init(backend) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("comm_selfcheck: {e}");

@@ -14,7 +14,7 @@ fn main() -> Result<()> {
         _ => anyhow::bail!("usage: first_step_grads CONFIG OUT.safetensors [section.key=value...]"),
     };
     let cfg = Config::load(Path::new(cfg_path), &args[3..])?;
-    let comm = dml::dist::init(cfg.dist.backend)?;
+    let comm = dml::comm::init(cfg.dist.backend)?;
     dml::device::set_threads(0, comm.local_world());
     let s = Trainer::new(&cfg, comm.as_ref())?;
     let mut loader = s.loader(s.sampler.clone(), 0, 1)?;

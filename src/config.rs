@@ -574,7 +574,7 @@ pub struct DistConfig {
     /// "Communication"), 25 MiB on CUDA (PyTorch DDP's bucket size).
     pub bucket_mb: f64,
     /// All-reduce gradient buckets during the backward on a communication thread
-    /// (`dist::GradReducer`; MPI on CPU tensors). `false`: the same buckets after the
+    /// (`comm::GradReducer`; MPI on CPU tensors). `false`: the same buckets after the
     /// backward, on the training thread (bit for bit the same result).
     pub overlap: bool,
 }

@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::comm::Comm;
 use crate::config::Config;
 use crate::data::loader::Loader;
 use crate::data::Dataset;
-use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -74,7 +74,7 @@ pub fn write_embeddings(out: &Path, emb: &Tensor, labels: &[i64], ds: &Dataset) 
 /// `[N, D]` float32 CPU tensor in file order, and the labels.
 ///
 /// ```no_run
-/// # fn demo(model: &dml::model::Model, comm: &dyn dml::dist::Comm, ds: std::sync::Arc<dml::data::Dataset>) -> dml::Result<()> {
+/// # fn demo(model: &dml::model::Model, comm: &dyn dml::comm::Comm, ds: std::sync::Arc<dml::data::Dataset>) -> dml::Result<()> {
 /// let opts = dml::embed::EmbedOptions { image_size: 224, resize: 256, batch_size: 64, workers: 2 };
 /// let (emb, labels) = dml::embed::embed_dataset(model, comm, ds, opts)?;
 /// assert_eq!(emb.size()[0] as usize, labels.len());
@@ -94,7 +94,7 @@ pub fn embed_dataset(
 /// [`embed_dataset`]; every rank returns the `[indices.len(), D]` embeddings and labels.
 ///
 /// ```no_run
-/// # fn demo(model: &dml::model::Model, comm: &dyn dml::dist::Comm, ds: std::sync::Arc<dml::data::Dataset>) -> dml::Result<()> {
+/// # fn demo(model: &dml::model::Model, comm: &dyn dml::comm::Comm, ds: std::sync::Arc<dml::data::Dataset>) -> dml::Result<()> {
 /// let opts = dml::embed::EmbedOptions { image_size: 224, resize: 256, batch_size: 64, workers: 2 };
 /// let (emb, labels) = dml::embed::embed_indices(model, comm, ds, &[0, 5, 9], opts)?;
 /// assert_eq!((emb.size()[0], labels.len()), (3, 3));
@@ -117,7 +117,7 @@ pub fn embed_indices(
 /// penultimate features Divide and Conquer clusters).
 ///
 /// ```no_run
-/// # fn demo(model: &dml::model::Model, comm: &dyn dml::dist::Comm, ds: std::sync::Arc<dml::data::Dataset>) -> dml::Result<()> {
+/// # fn demo(model: &dml::model::Model, comm: &dyn dml::comm::Comm, ds: std::sync::Arc<dml::data::Dataset>) -> dml::Result<()> {
 /// let opts = dml::embed::EmbedOptions { image_size: 224, resize: 256, batch_size: 64, workers: 2 };
 /// let (f, _) = dml::embed::trunk_features(model, comm, ds, &[0, 5, 9], opts)?;
 /// assert_eq!(f.size()[1] as usize, model.trunk_channels());

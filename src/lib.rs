@@ -3,17 +3,17 @@
 //! memory-mapped preprocessed datasets.
 //!
 //! The module tree follows the data flow of DESIGN.md: [`data`] (dataset files,
-//! sampler, loader) → [`config`] → [`dist`] (ranks) → [`model`] → [`loss`] →
+//! sampler, loader) → [`config`] → [`comm`] (ranks) → [`model`] → [`loss`] →
 //! [`optim`] → [`train`] → [`eval`].
 //!
 //! `unsafe` code is refused everywhere except in [`sys`], the one module of foreign
 //! calls (MPI/NCCL/CUDA symbols, signals, file locks).
 #![deny(unsafe_code)]
 
+pub mod comm;
 pub mod config;
 pub mod data;
 pub mod device;
-pub mod dist;
 pub mod dnc;
 pub mod embed;
 pub mod error;

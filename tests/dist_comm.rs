@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use dml::comm;
 use dml::config::Backend;
-use dml::dist;
 use tch::{Device, Kind, Tensor};
 
 fn selfcheck() -> PathBuf {
@@ -127,7 +127,7 @@ fn rank_with_an_error_aborts_the_job() {
 
 #[test]
 fn local_backend_is_the_identity() {
-    let comm = dist::init(Backend::Local).unwrap();
+    let comm = comm::init(Backend::Local).unwrap();
     assert_eq!(
         (
             comm.rank(),
@@ -150,30 +150,30 @@ fn local_backend_is_the_identity() {
     let e = comm.broadcast(&mut s, 1).unwrap_err().to_string();
     assert!(e.contains("broadcast from rank 1 in a world of 1"), "{e}");
     comm.barrier().unwrap();
-    dist::check_same_everywhere(comm.as_ref(), "anything", b"x").unwrap();
+    comm::check_same_everywhere(comm.as_ref(), "anything", b"x").unwrap();
     // Gradients are left as they are: d(sum 3p)/dp = 3.
     let p = Tensor::zeros([4], (Kind::Double, Device::Cpu)).set_requires_grad(true);
     (&p * 3.0).sum(Kind::Double).backward();
-    dist::average_grads(comm.as_ref(), &[p.shallow_clone()], 1).unwrap();
+    comm::average_grads(comm.as_ref(), &[p.shallow_clone()], 1).unwrap();
     assert_eq!(Vec::<f64>::try_from(&p.grad()).unwrap(), vec![3.0; 4]);
 }
 
 #[test]
 fn explicit_backends_without_support_are_clear_errors() {
-    let e = dist::init(Backend::Nccl).err().unwrap().to_string();
+    let e = comm::init(Backend::Nccl).err().unwrap().to_string();
     if cfg!(feature = "nccl") {
         // Built with the backend, on a machine without CUDA (tests/nccl_backend.rs).
         assert!(e.contains("nccl") && e.contains("CUDA"), "{e}");
     } else {
         assert!(e.contains("nccl") && e.contains("not built"), "{e}");
     }
-    if dist::launcher::detect().is_none() {
-        let e = dist::init(Backend::Mpi).err().unwrap().to_string();
+    if comm::launcher::detect().is_none() {
+        let e = comm::init(Backend::Mpi).err().unwrap().to_string();
         assert!(
             e.contains("not started by an MPI launcher") && e.contains("mpirun"),
             "{e}"
         );
         // Auto outside a launcher is the local backend.
-        assert_eq!(dist::init(Backend::Auto).unwrap().name(), "local");
+        assert_eq!(comm::init(Backend::Auto).unwrap().name(), "local");
     }
 }

@@ -7,8 +7,8 @@
 //! `mpirun -np 2 target/release/examples/comm_selfcheck --backend nccl`.
 mod common;
 
+use dml::comm;
 use dml::config::Backend;
-use dml::dist;
 
 #[test]
 fn nccl_backend_without_cuda_is_a_config_error_that_says_what_is_missing() {
@@ -16,8 +16,8 @@ fn nccl_backend_without_cuda_is_a_config_error_that_says_what_is_missing() {
         eprintln!("skipped: CUDA is available here, this test is about CPU-only machines");
         return;
     }
-    let e = match dist::init(Backend::Nccl) {
-        Ok(c) => panic!("dist::init(Nccl) succeeded without CUDA ({})", c.name()),
+    let e = match comm::init(Backend::Nccl) {
+        Ok(c) => panic!("comm::init(Nccl) succeeded without CUDA ({})", c.name()),
         Err(e) => e,
     };
     assert!(matches!(e, dml::Error::Config(_)), "{e:?}");

@@ -1,4 +1,4 @@
-//! The gradient all-reduce overlapped with the backward (`dist::GradReducer`, a
+//! The gradient all-reduce overlapped with the backward (`comm::GradReducer`, a
 //! communication thread started by post-accumulate-grad hooks) against the same buckets
 //! reduced after the backward on the training thread (`dist.overlap = false`): the
 //! trained models are bit for bit the same, on 2 and 3 ranks, in f64 and f32, with many

@@ -257,7 +257,7 @@ fn training_lowers_the_loss_and_raises_test_precision_at_1() {
     );
 
     let cfg = Config::load(&run.join("config.toml"), &[]).unwrap();
-    let comm = dml::dist::init(dml::config::Backend::Local).unwrap();
+    let comm = dml::comm::init(dml::config::Backend::Local).unwrap();
     let test = Arc::new(Dataset::open(&data.join("test.dmlds")).unwrap());
     let opts = EmbedOptions {
         image_size: 32,
@@ -553,7 +553,7 @@ fn swa_with_training_batchnorm_saves_reestimated_statistics() {
         .arg(&run);
     ok(c);
     let cfg = Config::load(&run.join("config.toml"), &[]).unwrap();
-    let comm = dml::dist::local::Local;
+    let comm = dml::comm::local::Local;
     let mut t = dml::train::Trainer::new(&cfg, &comm).unwrap();
     t.model.load(&run.join("model.safetensors")).unwrap();
     let saved: Vec<(String, tch::Tensor)> = t

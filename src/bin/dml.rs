@@ -6,9 +6,9 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
+use dml::comm::{self, Comm};
 use dml::config::{Backend, Config};
 use dml::data::Dataset;
-use dml::dist::{self, Comm};
 use dml::embed::{companion_files, embed_dataset, write_embeddings};
 use dml::eval::metrics::Metrics;
 use dml::eval::run::{eval_files, evaluate_model, load_run, LoadedRun};
@@ -165,7 +165,7 @@ fn main() {
 
 /// Runs `f` with a communicator; an error on any rank aborts every rank (no hang).
 fn with_comm(backend: Backend, f: impl FnOnce(&dyn Comm) -> Result<()>) -> Result<()> {
-    let comm = dist::init(backend)?;
+    let comm = comm::init(backend)?;
     if let Err(e) = f(comm.as_ref()) {
         if comm.world() > 1 {
             eprintln!("error on rank {} of {}: {e:#}", comm.rank(), comm.world());

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::comm::Comm;
 use crate::config::{Config, DncConfig};
 use crate::data::sampler::{BatchPlan, Sampler};
 use crate::data::Dataset;
-use crate::dist::Comm;
 use crate::dnc::cluster::recluster;
 use crate::dnc::sampler::ClusterSampler;
 use crate::embed::{trunk_features, EmbedOptions};

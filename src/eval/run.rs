@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use tch::Tensor;
 
+use crate::comm::Comm;
 use crate::config::Config;
 use crate::data::Dataset;
-use crate::dist::Comm;
 use crate::embed::{embed_dataset, EmbedOptions};
 use crate::error::{Error, Result};
 use crate::eval::metrics::{evaluate, EvalOptions, Metrics};
@@ -45,7 +45,7 @@ pub struct LoadedRun {
 /// `train.threads` applied to this process.
 ///
 /// ```no_run
-/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
+/// # fn demo(comm: &dyn dml::comm::Comm) -> dml::Result<()> {
 /// let run = dml::eval::run::load_run(comm, "runs/quick/best".as_ref())?;
 /// println!("{} ({})", run.weights.weights.display(), run.weights.what);
 /// # Ok(()) }

@@ -15,7 +15,7 @@
 //! * [`fused_adam`]: torch's fused Adam/AdamW kernels through the C++ shim
 //!   (csrc/fused_adam.cpp), which tch does not expose either;
 //! * [`nccl`] (with the `nccl` feature): the raw NCCL and CUDA runtime calls of
-//!   `dist::nccl`. Both libraries are loaded when first used (`libnccl.so.2` and
+//!   `comm::nccl`. Both libraries are loaded when first used (`libnccl.so.2` and
 //!   `libcudart.so.13`, which libtorch's CUDA build has already loaded), so a machine
 //!   without CUDA builds and runs dml; the struct layouts and enums come from `cudarc`'s
 //!   bindings of NCCL 2.29. Every wrapper checks its tensors (CUDA, on the communicator's

@@ -1,9 +1,9 @@
-//! Safe wrappers around the NCCL calls of `dist::nccl`, and the two CUDA runtime calls
+//! Safe wrappers around the NCCL calls of `comm::nccl`, and the two CUDA runtime calls
 //! it needs (select the GPU, ask whether the default stream is idle).
 //!
 //! Collectives are enqueued on the default (legacy, null) CUDA stream, the stream
 //! libtorch's kernels run on, so they are ordered with the kernels that produce and
-//! consume their tensors. Errors are plain strings; `dist::nccl` turns them into
+//! consume their tensors. Errors are plain strings; `comm::nccl` turns them into
 //! `Error::Dist` naming the collective and the rank.
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CStr};

@@ -10,8 +10,8 @@
 //! smoothed spread falls below [`SPREAD_COLLAPSED`] of its peak.
 use std::cell::RefCell;
 
+use crate::comm::Comm;
 use crate::config::Config;
-use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::loss::xbm::CrossBatchMemory;
 use crate::optim::lr_range;
@@ -83,7 +83,7 @@ impl LrFindResult {
 /// minimum or is not finite, or the embedding has collapsed ([`SPREAD_COLLAPSED`]).
 ///
 /// ```no_run
-/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
+/// # fn demo(comm: &dyn dml::comm::Comm) -> dml::Result<()> {
 /// let cfg = dml::config::Config::load("configs/quickstart.toml".as_ref(), &[])?;
 /// let ramp = dml::train::lr_find::LrRamp { start: 1e-6, end: 1e-2, steps: 100 };
 /// let r = dml::train::lr_find::lr_find(&cfg, comm, ramp)?;

@@ -15,9 +15,9 @@ use std::path::Path;
 
 use serde_json::json;
 
+use crate::comm::{self, Comm};
 use crate::config::{BnMode, Config};
 use crate::data::sampler::Sampler;
-use crate::dist::{self, Comm};
 use crate::dnc::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::loss::xbm::CrossBatchMemory;
@@ -50,7 +50,7 @@ pub const EXIT_STOPPED: i32 = 75;
 /// with a checkpoint ([`RunEnd::Stopped`]; one tiny all-reduce per step agrees on it).
 ///
 /// ```no_run
-/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
+/// # fn demo(comm: &dyn dml::comm::Comm) -> dml::Result<()> {
 /// let cfg = dml::config::Config::load("configs/quickstart.toml".as_ref(), &[])?;
 /// dml::train::run(&cfg, comm, "runs/quick".as_ref(), false)?;
 /// # Ok(()) }
@@ -171,7 +171,7 @@ fn with_checkpoint_note(e: Error, run: &Path) -> Error {
 /// rank stops after the same step), with the signal's name as rank 0 saw it.
 fn stop_requested(comm: &dyn Comm) -> Result<Option<String>> {
     let mine = crate::sys::stop_signal();
-    Ok((dist::ranks_with(comm, mine.is_some())? > 0)
+    Ok((comm::ranks_with(comm, mine.is_some())? > 0)
         .then(|| mine.unwrap_or("a signal on another rank").to_string()))
 }
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use serde_json::json;
 use tch::Tensor;
 
+use crate::comm::Comm;
 use crate::config::Config;
 use crate::data::Dataset;
-use crate::dist::Comm;
 use crate::embed::{embed_dataset, EmbedOptions};
 use crate::error::{Error, Result};
 use crate::eval::metrics::{evaluate, EvalOptions, Metrics};
@@ -34,7 +34,7 @@ pub struct RealityCheckReport {
 /// `out/reality_check.md` and `out/reality_check.json`.
 ///
 /// ```no_run
-/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
+/// # fn demo(comm: &dyn dml::comm::Comm) -> dml::Result<()> {
 /// let cfg = dml::config::Config::load("configs/quickstart.toml".as_ref(), &["eval.every=50".into()])?;
 /// let report = dml::train::reality_check::run(&cfg, comm, "runs/rc".as_ref())?;
 /// println!("{}", report.concatenated.table());
@@ -110,11 +110,7 @@ fn test_metrics(query: (&Tensor, &[i64]), gallery: Option<(&Tensor, &[i64])>) ->
 
 /// The folds' embeddings side by side, rows re-normalised to unit length.
 fn concat_normalised(parts: &[Tensor]) -> Tensor {
-    let cat = Tensor::cat(parts, 1);
-    let norm = cat
-        .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
-        .clamp_min(1e-12);
-    &cat / norm
+    crate::ops::normalize(&Tensor::cat(parts, 1))
 }
 
 /// `best/model.safetensors` when validation chose one, else the final model.

@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::comm::{self, Comm};
 use crate::config::{Config, HeadKind, Precision};
 use crate::data::loader::{Loader, TrainLoaderOptions};
 use crate::data::sampler::{rank_slice, BatchPlan, Sampler};
 use crate::data::Dataset;
-use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
 use crate::loss::Objective;
 use crate::model::Model;
@@ -48,7 +48,7 @@ impl<'a> Trainer<'a> {
     /// batch, then opens the data and builds the model and objective.
     pub fn new(cfg: &Config, comm: &'a dyn Comm) -> Result<Trainer<'a>> {
         let cfg = &cfg.with_absolute_paths()?;
-        dist::check_same_everywhere(comm, "the resolved config", cfg.to_toml()?.as_bytes())?;
+        comm::check_same_everywhere(comm, "the resolved config", cfg.to_toml()?.as_bytes())?;
         rank_slice(cfg.global_batch(), comm.rank(), comm.world())?;
         if let Some(memory) = crate::device::memory_total() {
             cfg.check_memory(comm.world(), comm.local_world(), memory)?;
@@ -130,7 +130,7 @@ impl<'a> Trainer<'a> {
             comm: self.comm,
             teacher: self.teacher.as_ref(),
             bucket_bytes,
-            grads: dist::GradSync::new(bucket_bytes, cfg.dist.overlap),
+            grads: comm::GradSync::new(bucket_bytes, cfg.dist.overlap),
             autocast: use_autocast(cfg, model),
             max_grad_norm: cfg.train.max_grad_norm,
             grad_norm_every: cfg.train.log_every,
@@ -166,7 +166,7 @@ fn bucket_bytes(cfg: &Config, device: tch::Device) -> usize {
 /// after its initial weights moved.
 ///
 /// ```no_run
-/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
+/// # fn demo(comm: &dyn dml::comm::Comm) -> dml::Result<()> {
 /// let cfg = dml::config::Config::load("runs/quick/config.toml".as_ref(), &[])?;
 /// let model = dml::train::load_model(&cfg, comm, "runs/quick/model.safetensors".as_ref())?;
 /// # Ok(()) }

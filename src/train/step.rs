@@ -18,8 +18,8 @@ use std::cell::RefCell;
 
 use tch::Tensor;
 
+use crate::comm::{self, Comm, GradSync};
 use crate::data::loader::Batch;
-use crate::dist::{self, Comm, GradSync};
 use crate::error::{Error, Result};
 use crate::loss::xbm::{CrossBatchMemory, MemoryView};
 use crate::loss::{MiningStats, Objective, Shard};
@@ -196,7 +196,7 @@ pub fn forward_backward(
     })?;
     comm_s += wait_s;
     timed(&mut comm_s, || {
-        dist::average_grads(comm, &post, env.bucket_bytes)
+        comm::average_grads(comm, &post, env.bucket_bytes)
     })?;
     Ok(StepOutput {
         grad_norm: None,
@@ -264,7 +264,7 @@ fn objective_backward(
     let shard_comm = std::cell::Cell::new(0.0);
     let sum = |v: &mut [f64]| {
         let t = std::time::Instant::now();
-        let r = dist::sum_f64s(comm, v);
+        let r = comm::sum_f64s(comm, v);
         shard_comm.set(shard_comm.get() + t.elapsed().as_secs_f64());
         r
     };
@@ -301,7 +301,7 @@ fn objective_backward(
     // head's global half: G = dL/dE (and the post-gather gradients) as on one process.
     let input_leaves = inputs.tensors();
     let reduce_started = std::time::Instant::now();
-    dist::all_reduce_grads(comm, &input_leaves, env.bucket_bytes)?;
+    comm::all_reduce_grads(comm, &input_leaves, env.bucket_bytes)?;
     let comm_seconds = shard_comm.get() + reduce_started.elapsed().as_secs_f64();
     let through_head = out
         .tensors()

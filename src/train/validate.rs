@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::comm::Comm;
 use crate::config::Config;
 use crate::data::Dataset;
-use crate::dist::Comm;
 use crate::embed::{embed_indices, EmbedOptions};
 use crate::error::{Error, Result};
 use crate::eval::metrics::{evaluate, EvalOptions, Metrics};

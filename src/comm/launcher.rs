@@ -24,7 +24,7 @@ pub struct Launch {
 /// `Some` when this process was started by an MPI launcher.
 ///
 /// ```
-/// match dml::dist::launcher::detect() {
+/// match dml::comm::launcher::detect() {
 ///     Some(l) => println!("started by a launcher, world {:?}", l.world),
 ///     None => println!("a single process"),
 /// }

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 /// A no-op when the world is 1.
 ///
 /// ```no_run
-/// # fn demo(comm: &dyn dml::dist::Comm, vs: &tch::nn::VarStore) -> dml::Result<()> {
-/// dml::dist::all_reduce_grads(comm, &vs.trainable_variables(), 25 << 20)?;
+/// # fn demo(comm: &dyn dml::comm::Comm, vs: &tch::nn::VarStore) -> dml::Result<()> {
+/// dml::comm::all_reduce_grads(comm, &vs.trainable_variables(), 25 << 20)?;
 /// # Ok(()) }
 /// ```
 pub fn all_reduce_grads(comm: &dyn Comm, params: &[Tensor], bucket_bytes: usize) -> Result<()> {
@@ -25,8 +25,8 @@ pub fn all_reduce_grads(comm: &dyn Comm, params: &[Tensor], bucket_bytes: usize)
 /// identically on every rank (those after the all-gather, see DESIGN.md).
 ///
 /// ```no_run
-/// # fn demo(comm: &dyn dml::dist::Comm, loss_params: &[tch::Tensor]) -> dml::Result<()> {
-/// dml::dist::average_grads(comm, loss_params, 25 << 20)?;
+/// # fn demo(comm: &dyn dml::comm::Comm, loss_params: &[tch::Tensor]) -> dml::Result<()> {
+/// dml::comm::average_grads(comm, loss_params, 25 << 20)?;
 /// # Ok(()) }
 /// ```
 pub fn average_grads(comm: &dyn Comm, params: &[Tensor], bucket_bytes: usize) -> Result<()> {

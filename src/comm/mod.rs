@@ -84,7 +84,7 @@ pub trait Comm {
 /// communicator is dropped: keep it for the whole run.
 ///
 /// ```no_run
-/// let comm = dml::dist::init(dml::config::Backend::Auto)?;
+/// let comm = dml::comm::init(dml::config::Backend::Auto)?;
 /// println!("rank {} of {} ({})", comm.rank(), comm.world(), comm.name());
 /// # Ok::<(), dml::Error>(())
 /// ```
@@ -122,7 +122,7 @@ pub fn init(backend: Backend) -> Result<Box<dyn Comm>> {
 ///
 /// ```
 /// let mut v = [1.0, 2.0];
-/// dml::dist::sum_f64s(&dml::dist::local::Local, &mut v)?;
+/// dml::comm::sum_f64s(&dml::comm::local::Local, &mut v)?;
 /// assert_eq!(v, [1.0, 2.0]);
 /// # Ok::<(), dml::Error>(())
 /// ```
@@ -141,7 +141,7 @@ pub fn sum_f64s(comm: &dyn Comm, values: &mut [f64]) -> Result<()> {
 /// integer (a stop signal, a capability every rank must have).
 ///
 /// ```
-/// assert_eq!(dml::dist::ranks_with(&dml::dist::local::Local, true)?, 1);
+/// assert_eq!(dml::comm::ranks_with(&dml::comm::local::Local, true)?, 1);
 /// # Ok::<(), dml::Error>(())
 /// ```
 pub fn ranks_with(comm: &dyn Comm, flag: bool) -> Result<usize> {
@@ -165,8 +165,8 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 /// returns [`Error::Dist`] naming `what` and the ranks whose value differs from rank 0's.
 ///
 /// ```no_run
-/// # fn demo(comm: &dyn dml::dist::Comm) -> dml::Result<()> {
-/// dml::dist::check_same_everywhere(comm, "the resolved config", b"lr = 0.001")?;
+/// # fn demo(comm: &dyn dml::comm::Comm) -> dml::Result<()> {
+/// dml::comm::check_same_everywhere(comm, "the resolved config", b"lr = 0.001")?;
 /// # Ok(()) }
 /// ```
 pub fn check_same_everywhere(comm: &dyn Comm, what: &str, bytes: &[u8]) -> Result<()> {

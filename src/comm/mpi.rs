@@ -37,8 +37,8 @@ impl Mpi {
     /// Initialises MPI (once per process) and splits the world by node.
     ///
     /// ```no_run
-    /// use dml::dist::Comm;
-    /// let comm = dml::dist::mpi::Mpi::init()?;
+    /// use dml::comm::Comm;
+    /// let comm = dml::comm::mpi::Mpi::init()?;
     /// println!("rank {} of {}, GPU {}", comm.rank(), comm.world(), comm.local_rank());
     /// # Ok::<(), dml::Error>(())
     /// ```
@@ -51,11 +51,11 @@ impl Mpi {
             std::env::set_var("OMPI_MCA_mpi_yield_when_idle", "1");
         }
         // Serialized: the gradient reducer's communication thread makes MPI calls while
-        // the main thread makes none (dist::reducer); Open MPI grants it.
+        // the main thread makes none (comm::reducer); Open MPI grants it.
         let (universe, threading) = mpi::initialize_with_threading(Threading::Serialized)
             .ok_or_else(|| {
                 Error::Dist(
-                    "MPI was already initialised in this process: dist::init must be called \
+                    "MPI was already initialised in this process: comm::init must be called \
                      once, and its communicator kept for the whole run"
                         .into(),
                 )

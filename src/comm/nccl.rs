@@ -51,8 +51,8 @@ impl Nccl {
     /// are reported on every rank.
     ///
     /// ```no_run
-    /// use dml::dist::Comm;
-    /// let comm = dml::dist::nccl::Nccl::init()?;
+    /// use dml::comm::Comm;
+    /// let comm = dml::comm::nccl::Nccl::init()?;
     /// println!("rank {} of {} on cuda:{}", comm.rank(), comm.world(), comm.local_rank());
     /// # Ok::<(), dml::Error>(())
     /// ```
@@ -63,7 +63,7 @@ impl Nccl {
     /// [`Nccl::init`] with another collective timeout.
     ///
     /// ```no_run
-    /// let comm = dml::dist::nccl::Nccl::with_timeout(std::time::Duration::from_secs(60))?;
+    /// let comm = dml::comm::nccl::Nccl::with_timeout(std::time::Duration::from_secs(60))?;
     /// # Ok::<(), dml::Error>(())
     /// ```
     pub fn with_timeout(timeout: Duration) -> Result<Self> {
