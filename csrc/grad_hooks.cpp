@@ -1,4 +1,4 @@
-// Gradient-ready notifications for the overlapped gradient all-reduce (src/dist/reducer.rs),
+// Gradient-ready notifications for the overlapped gradient all-reduce (src/comm/reducer.rs),
 // and setting a parameter's .grad to a given tensor (a view into a bucket): two things tch
 // does not expose. Built by build.rs; called only from src/sys.rs.
 //

@@ -11,7 +11,7 @@
 //! checks on CUDA tensors of GPU `cuda:<node-local rank>` (plus bf16), after the CPU
 //! checks, which the nccl backend routes through MPI.
 //!
-//! Failure modes, for tests/dist_comm.rs: rank 1 dies in the middle of a loop of
+//! Failure modes, for tests/comm.rs: rank 1 dies in the middle of a loop of
 //! all-reduces while the others wait in the collective. `kill`: SIGKILL; `abort`:
 //! `std::process::abort()`; `exit`: `process::exit(3)` without finalising MPI; `error`:
 //! an error on rank 1, handled like the `dml` binary does (`comm.abort(1)`).

@@ -189,6 +189,40 @@ pub struct ModelConfig {
     pub classes: usize,
 }
 
+impl ModelConfig {
+    /// The dimension of each embedding the head returns (the losses' inputs, in order):
+    /// one of `embedding_dim` for the linear and CGD heads, the trunk's channels for the
+    /// pool head, [`BFE_DIMS`] for BFE, and HORDE's orders 1 … `horde_order` (order 1 of
+    /// `embedding_dim`, the higher orders of `embedding_dim` when learned, else of
+    /// `horde_dim`). Empty for an unknown trunk under the pool head.
+    ///
+    /// ```
+    /// use dml::config::{HeadKind, ModelConfig};
+    /// let m = ModelConfig { head: HeadKind::Horde, embedding_dim: 64, horde_order: 3,
+    ///     horde_dim: 256, horde_learned: false, ..ModelConfig::default() };
+    /// assert_eq!(m.embedding_dims(), vec![64, 256, 256]);
+    /// ```
+    pub fn embedding_dims(&self) -> Vec<usize> {
+        match self.head {
+            HeadKind::Linear | HeadKind::Cgd => vec![self.embedding_dim],
+            HeadKind::Pool => trunk_channels(&self.trunk).into_iter().collect(),
+            HeadKind::Bfe => BFE_DIMS.to_vec(),
+            HeadKind::Horde => {
+                let higher = match self.horde_learned {
+                    true => self.embedding_dim,
+                    false => self.horde_dim,
+                };
+                std::iter::once(self.embedding_dim)
+                    .chain(std::iter::repeat_n(
+                        higher,
+                        self.horde_order.saturating_sub(1),
+                    ))
+                    .collect()
+            }
+        }
+    }
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
@@ -837,6 +871,37 @@ pub fn check_trunk(arch: &str, last_stride: usize) -> Result<()> {
     Ok(())
 }
 
+/// Channels of the last feature map of trunk `arch` (what the head sees), or `None` for
+/// a name outside [`TRUNKS`]. The config checks the heads' shapes with it before anything
+/// is built; `tests/trunk_parity.rs` checks that every trunk `model::trunk::build` makes
+/// has these channels.
+///
+/// ```
+/// assert_eq!(dml::config::trunk_channels("resnet50"), Some(2048));
+/// assert_eq!(dml::config::trunk_channels("vgg16"), None);
+/// ```
+pub fn trunk_channels(arch: &str) -> Option<usize> {
+    Some(match arch {
+        "resnet18" | "resnet34" => 512,
+        "resnet50" | "resnet101" | "resnet152" | "inception_v3" | "efficientnet_b5" => 2048,
+        "densenet121" | "bninception" => 1024,
+        "densenet161" => 2208,
+        "densenet169" => 1664,
+        "densenet201" => 1920,
+        "efficientnet_b0" | "efficientnet_b1" | "mobilenet_v2" => 1280,
+        "efficientnet_b2" => 1408,
+        "efficientnet_b3" => 1536,
+        "efficientnet_b4" => 1792,
+        "efficientnet_b6" => 2304,
+        "efficientnet_b7" => 2560,
+        _ => return None,
+    })
+}
+
+/// The widths of the BFE head's two embeddings, the global branch's and the erasing
+/// branch's reductions (official: 512 and 1024, whatever `model.embedding_dim` says).
+pub const BFE_DIMS: [usize; 2] = [512, 1024];
+
 /// Checks `model.cgd_descriptors` (1 to 3 letters of `S` average, `M` max, `G` GeM) for
 /// an embedding of `dim` dimensions, which must divide evenly between them, and
 /// `model.gem_p` when `G` is used. [`Config::validate`] calls it for `model.head =
@@ -1206,6 +1271,38 @@ impl Config {
                 format!("is {}, must be positive", self.optim.lr),
             );
         }
+        let [beta1, beta2] = self.optim.betas;
+        if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2)) {
+            return fail(
+                "optim.betas",
+                format!(
+                    "are [{beta1}, {beta2}], each must be in [0, 1) (Adam's default [0.9, 0.999])"
+                ),
+            );
+        }
+        if !(self.optim.eps > 0.0 && self.optim.eps.is_finite()) {
+            return fail(
+                "optim.eps",
+                format!(
+                    "is {}, must be positive and finite (Adam's default 1e-8)",
+                    self.optim.eps
+                ),
+            );
+        }
+        for (key, v) in [
+            ("optim.weight_decay", self.optim.weight_decay),
+            ("optim.head_lr_mult", self.optim.head_lr_mult),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return fail(key, format!("is {v}, must be finite and ≥ 0"));
+            }
+        }
+        if self.train.precision == Precision::Bf16 && self.train.device == "cpu" {
+            return fail(
+                "train.precision",
+                "is \"bf16\", which needs CUDA, but train.device = \"cpu\": use train.precision = \"f32\" on the CPU, or train.device = \"cuda\"".into(),
+            );
+        }
         if !self.data.gallery.is_empty() && self.data.test.is_empty() {
             return fail(
                 "data.gallery",
@@ -1307,12 +1404,20 @@ impl Config {
                     ),
                 );
             }
-            if self.model.embedding_dim % self.dnc.clusters != 0 {
+            let dims = self.model.embedding_dims();
+            if let Some(d) = dims.iter().find(|&&d| d % self.dnc.clusters != 0) {
+                let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
                 return fail(
                     "dnc.clusters",
                     format!(
-                        "is {}, must divide model.embedding_dim ({})",
-                        self.dnc.clusters, self.model.embedding_dim
+                        "is {}, must divide the dimension of every embedding the head \
+                         returns: model.head = \"{}\" on model.trunk = `{}` returns \
+                         embeddings of {} dimensions, and {d} does not divide by {}",
+                        self.dnc.clusters,
+                        format!("{:?}", self.model.head).to_lowercase(),
+                        self.model.trunk,
+                        dims.join(", "),
+                        self.dnc.clusters
                     ),
                 );
             }
@@ -1348,7 +1453,19 @@ impl Config {
         let m = &self.model;
         match m.head {
             HeadKind::Cgd => check_cgd_descriptors(&m.cgd_descriptors, m.embedding_dim, m.gem_p),
-            HeadKind::Bfe => check_bfe_erase(m.bfe_erase),
+            HeadKind::Bfe => {
+                match trunk_channels(&m.trunk) {
+                    Some(c) if c % 4 != 0 => {
+                        return Err(Error::Config(format!(
+                            "model.head: \"bfe\" needs a trunk whose channels divide by 4 (the \
+                             extra bottleneck's width is C/4); model.trunk = `{}` has {c}",
+                            m.trunk
+                        )))
+                    }
+                    _ => {}
+                }
+                check_bfe_erase(m.bfe_erase)
+            }
             HeadKind::Horde if m.horde_order == 0 || m.horde_dim == 0 => {
                 Err(Error::Config(format!(
                     "model.horde_order / model.horde_dim: are {} / {}, both must be positive \
@@ -1515,6 +1632,81 @@ mod tests {
 
     /// Names, pairings and head keys are refused by `Config::parse` itself, each naming
     /// the key and what is allowed, before any file is opened (issue 21).
+    #[test]
+    fn head_shapes_optimiser_ranges_and_precision_are_checked_when_parsing() {
+        let parse = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Config::parse("", &sets).map_err(|e| e.to_string())
+        };
+        let dnc = ["dnc.recluster_every=10", "dnc.final_step=20"];
+        let with_dnc = |sets: &[&'static str]| {
+            let mut all = dnc.to_vec();
+            all.extend_from_slice(sets);
+            parse(&all)
+        };
+        // D&C slices every embedding the head returns, not model.embedding_dim alone:
+        // BFE's are 512 and 1024 whatever embedding_dim says (384 / 3 would pass).
+        let e = with_dnc(&[
+            "model.head=bfe",
+            "model.embedding_dim=384",
+            "dnc.clusters=3",
+        ])
+        .unwrap_err();
+        assert!(
+            e.contains("dnc.clusters: is 3")
+                && e.contains("embeddings of 512, 1024 dimensions, and 512 does not divide by 3"),
+            "{e}"
+        );
+        // The pool head's embedding is the trunk's 512 channels: 100 does not matter.
+        with_dnc(&[
+            "model.head=pool",
+            "model.embedding_dim=100",
+            "dnc.clusters=4",
+        ])
+        .unwrap();
+        let e = with_dnc(&["model.head=pool", "dnc.clusters=3"]).unwrap_err();
+        assert!(e.contains("embeddings of 512 dimensions"), "{e}");
+        // Fixed HORDE projections keep horde_dim for orders 2 and up.
+        let horde = [
+            "model.head=horde",
+            "model.embedding_dim=64",
+            "model.horde_dim=100",
+        ];
+        let e = with_dnc(&[&horde[..], &["model.horde_learned=false", "dnc.clusters=8"]].concat())
+            .unwrap_err();
+        assert!(
+            e.contains("embeddings of 64, 100, 100, 100, 100 dimensions"),
+            "{e}"
+        );
+        with_dnc(&[&horde[..], &["model.horde_learned=true", "dnc.clusters=8"]].concat()).unwrap();
+        let cases: [(&[&str], &str); 6] = [
+            (
+                &["optim.betas=[1.0, 0.999]"],
+                "optim.betas: are [1, 0.999], each must be in [0, 1)",
+            ),
+            (&["optim.betas=[0.9, -0.1]"], "optim.betas: are [0.9, -0.1]"),
+            (
+                &["optim.eps=0"],
+                "optim.eps: is 0, must be positive and finite",
+            ),
+            (
+                &["optim.weight_decay=-0.01"],
+                "optim.weight_decay: is -0.01, must be finite and ≥ 0",
+            ),
+            (&["optim.head_lr_mult=nan"], "optim.head_lr_mult: is NaN"),
+            (
+                &["train.precision=bf16", "train.device=cpu"],
+                "train.precision: is \"bf16\", which needs CUDA, but train.device = \"cpu\"",
+            ),
+        ];
+        for (sets, want) in cases {
+            let e = parse(sets).unwrap_err();
+            assert!(e.contains(want), "{sets:?}: {e}");
+        }
+        // bf16 on `auto` is decided on the machine (device::kind), not here.
+        parse(&["train.precision=bf16"]).unwrap();
+    }
+
     #[test]
     fn names_pairings_and_head_keys_are_checked_when_parsing() {
         let err = |sets: &[&str]| {

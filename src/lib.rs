@@ -2,9 +2,11 @@
 //! mines over the all-gathered global batch with exact gradients, and reads
 //! memory-mapped preprocessed datasets.
 //!
-//! The module tree follows the data flow of DESIGN.md: [`data`] (dataset files,
-//! sampler, loader) → [`config`] → [`comm`] (ranks) → [`model`] → [`loss`] →
-//! [`optim`] → [`train`] → [`eval`].
+//! The module tree follows the data flow of one step (`docs/architecture.md`):
+//! [`data`] (dataset files, sampler, loader) → [`model`] (the head's local half) →
+//! [`comm`] (the all-gather) → [`model::head`] (the global half) → [`loss`] →
+//! [`train::step`] (backward, gradients reduced during it) → [`optim`]; [`config`]
+//! is read and checked first, [`train`] runs the loop, [`eval`] scores the embedding.
 //!
 //! `unsafe` code is refused everywhere except in [`sys`], the one module of foreign
 //! calls (MPI/NCCL/CUDA symbols, signals, file locks).

@@ -602,6 +602,46 @@ fn a_classifier_too_small_for_the_labels_is_a_clear_error() {
     );
 }
 
+/// Absolute distillation with a teacher of another embedding size is refused before the
+/// first step (it used to fail inside step 1), naming both sizes and the fix.
+#[test]
+fn absolute_distillation_from_a_teacher_of_another_size_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, 8, 6, 36);
+    let cfg = small_config(tmp.path(), &data, "");
+    let teacher = tmp.path().join("teacher");
+    train(
+        1,
+        &cfg,
+        &teacher,
+        &["train.steps=1", "model.embedding_dim=16"],
+    );
+    let run = tmp.path().join("student");
+    let mut c = dml();
+    c.args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--set")
+        .arg(format!("distill.teacher={}", teacher.display()))
+        .args([
+            "--set",
+            "distill.kind=absolute",
+            "--set",
+            "model.embedding_dim=8",
+        ])
+        .arg("--out")
+        .arg(&run);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the student (model.head = \"linear\") has 8 dimensions")
+            && err.contains("has 16: set model.embedding_dim = 16"),
+        "{err}"
+    );
+    assert!(!run.join("checkpoints").exists() && !run.join("metrics.jsonl").exists());
+}
+
 /// A misspelled trunk and an impossible loss/miner pair are refused when the config is
 /// read, before the (missing) dataset is opened and before a run directory exists.
 #[test]

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use dml::config::{BnMode, HeadKind, ModelConfig};
+use dml::config::{self, BnMode, HeadKind, ModelConfig};
 use dml::model::{trunk, weights, Model};
 use dml::Error;
 use tch::{Device, Kind, Tensor};
@@ -446,5 +446,58 @@ fn channels_last_gives_the_same_embeddings_and_gradients() {
             d <= 1e-3 * scale,
             "{name}: gradient differs by {d} (scale {scale})"
         );
+    }
+}
+
+/// The config checks head shapes (D&C's slices, BFE's C/4 bottleneck) with
+/// `config::trunk_channels` before anything is built: every trunk must have those channels.
+#[test]
+fn every_trunk_has_the_channels_the_config_expects() {
+    for name in trunk::known() {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        // Initialising draws from torch's RNG: under the lock, as `new_model`.
+        let t = locked(|| trunk::build(&(vs.root() / "trunk"), name, 2)).unwrap();
+        assert_eq!(
+            Some(t.out_channels()),
+            config::trunk_channels(name),
+            "{name}"
+        );
+    }
+}
+
+/// `ModelConfig::embedding_dims` (what the config checks D&C's slicing against) is what
+/// every head returns.
+#[test]
+fn every_head_returns_the_embedding_sizes_the_config_expects() {
+    let base = ModelConfig {
+        embedding_dim: 48,
+        horde_order: 3,
+        horde_dim: 20,
+        ..ModelConfig::default()
+    };
+    let cases = [
+        (HeadKind::Linear, true),
+        (HeadKind::Pool, true),
+        (HeadKind::Bfe, true),
+        (HeadKind::Cgd, true),
+        (HeadKind::Horde, true),
+        (HeadKind::Horde, false),
+    ];
+    for (head, learned) in cases {
+        let c = ModelConfig {
+            head,
+            horde_learned: learned,
+            cgd_descriptors: "SG".into(),
+            ..base.clone()
+        };
+        let m = new_model(&c, Kind::Float, 0).unwrap();
+        let x = locked(|| Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu)));
+        let out = tch::no_grad(|| m.forward_global(&m.forward_local(&x, None), None));
+        let dims: Vec<usize> = out
+            .embeddings
+            .iter()
+            .map(|e| e.size()[1] as usize)
+            .collect();
+        assert_eq!(dims, c.embedding_dims(), "{head:?}, learned {learned}");
     }
 }

@@ -1,7 +1,6 @@
 //! The `dml` command line: synth, prepare, info, train, eval, embed, lr-find, plot,
 //! reality-check.
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -9,9 +8,9 @@ use clap::{Parser, Subcommand};
 use dml::comm::{self, Comm};
 use dml::config::{Backend, Config};
 use dml::data::Dataset;
-use dml::embed::{companion_files, embed_dataset, write_embeddings};
+use dml::embed::companion_files;
 use dml::eval::metrics::Metrics;
-use dml::eval::run::{eval_files, evaluate_model, load_run, LoadedRun};
+use dml::eval::run::{embed_to_file, eval_files, evaluate_model, load_run, LoadedRun};
 use dml::train::RunEnd;
 
 #[derive(Parser)]
@@ -387,16 +386,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 cfg, model, opts, ..
             } = load_run_told(comm, &run)?;
             let (data, _) = eval_files(&cfg, data.as_deref(), None)?;
-            let ds = Arc::new(Dataset::open(&data)?);
-            let (emb, labels) = embed_dataset(&model, comm, ds.clone(), opts)?;
+            let [rows, dims] = embed_to_file(&model, opts, comm, &data, &out)?;
             if comm.rank() == 0 {
-                write_embeddings(&out, &emb, &labels, &ds)?;
                 let [l, p, c] = companion_files(&out);
                 eprintln!(
-                    "wrote {} ({} × {} embeddings of {}), {}, {}, {}",
+                    "wrote {} ({rows} × {dims} embeddings of {}), {}, {}, {}",
                     out.display(),
-                    emb.size()[0],
-                    emb.size()[1],
                     data.display(),
                     l.display(),
                     p.display(),

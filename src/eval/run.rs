@@ -269,6 +269,24 @@ pub fn evaluate_model(
     Ok((comm.rank() == 0).then_some(metrics))
 }
 
+/// `dml embed`: embeds `data` with `model` (every rank its share) and rank 0 writes the
+/// embeddings to `out` (`E.npy`) with its companion files
+/// ([`crate::embed::write_embeddings`]). Returns the embeddings' `[rows, dimensions]`.
+pub fn embed_to_file(
+    model: &Model,
+    opts: EmbedOptions,
+    comm: &dyn Comm,
+    data: &Path,
+    out: &Path,
+) -> Result<[i64; 2]> {
+    let ds = Arc::new(Dataset::open(data)?);
+    let (emb, labels) = embed_dataset(model, comm, ds.clone(), opts)?;
+    if comm.rank() == 0 {
+        crate::embed::write_embeddings(out, &emb, &labels, &ds)?;
+    }
+    Ok([emb.size()[0], emb.size()[1]])
+}
+
 /// A dataset with its embeddings and labels.
 struct Retrieved<'a> {
     data: &'a Dataset,

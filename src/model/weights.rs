@@ -53,7 +53,9 @@ pub fn check_sha256(path: &Path, expected: &str) -> Result<()> {
     let got = sha256_file(path)?;
     if got != expected {
         return Err(Error::Config(format!(
-            "model.pretrained {} has SHA-256 {got}, but the run recorded {expected} in              model.pretrained_sha256: the file changed since the run started; restore it,              or start a new run",
+            "model.pretrained {} has SHA-256 {got}, but the run recorded {expected} in \
+             model.pretrained_sha256: the file changed since the run started; restore it, \
+             or start a new run",
             path.display()
         )));
     }

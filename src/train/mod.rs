@@ -79,10 +79,7 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
     let memory = memory.map(RefCell::new);
     t.broadcast_model()?;
     lp.weight_watch = Some((weights_norm(&t.model)?, t.cfg.train.warn_weight_growth));
-    if comm.rank() == 0 {
-        std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
-        checkpoint::write_synced(&run.join("config.toml"), t.cfg.to_toml()?.as_bytes())?;
-    }
+    write_run_config(&t, run)?;
     let (cfg, total) = (&t.cfg, t.total);
     let mut log = log::RunLog::open(run, comm.rank(), start, total, cfg.train.log_every)?;
     let mut schedule = Schedule::new(
@@ -123,19 +120,35 @@ pub fn run(cfg: &Config, comm: &dyn Comm, run: &Path, resume: bool) -> Result<Ru
     }
     log.finish();
     drop(env);
-    if let Some(avg) = lp.swa.as_ref().filter(|a| a.n_averaged() > 0) {
+    save_final_model(&t, lp.swa.as_ref(), run)?;
+    Ok(RunEnd::Finished(total))
+}
+
+/// Rank 0 writes the resolved config to `RUN/config.toml` (creating the directory).
+fn write_run_config(t: &Trainer, run: &Path) -> Result<()> {
+    if t.comm.rank() == 0 {
+        std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+        checkpoint::write_synced(&run.join("config.toml"), t.cfg.to_toml()?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The end of a finished run: the SWA average in place of the weights when it has one
+/// (with BatchNorm statistics re-estimated for a training-mode BatchNorm), and rank 0
+/// publishing `RUN/model.safetensors`; every rank waits for it.
+fn save_final_model(t: &Trainer, swa: Option<&Swa>, run: &Path) -> Result<()> {
+    if let Some(avg) = swa.filter(|a| a.n_averaged() > 0) {
         t.model.set_trainable(avg.averaged())?;
         if t.cfg.model.bn == BnMode::Train {
-            bn_update::reestimate_bn(&t)?;
+            bn_update::reestimate_bn(t)?;
         }
     }
-    if comm.rank() == 0 {
+    if t.comm.rank() == 0 {
         let tmp = run.join("model.safetensors.tmp");
         t.model.save(&tmp)?;
         checkpoint::publish_file(&tmp, &run.join("model.safetensors"))?;
     }
-    comm.barrier()?;
-    Ok(RunEnd::Finished(total))
+    t.comm.barrier()
 }
 
 /// Locks the run directory for this process; a new run (not `resume`) must not find
@@ -301,18 +314,22 @@ impl Loop<'_> {
     }
 
     /// Rank 0 writes a checkpoint every `train.checkpoint_every` steps and at the end;
-    /// with `now`, at this step unless it was just written.
+    /// when `stopping` (a signal), the one of this step that the schedule did not write.
     fn checkpoint(
         &self,
         model: &Model,
         memory: Option<&RefCell<CrossBatchMemory>>,
         state: &LoopState,
-        now: bool,
+        stopping: bool,
     ) -> Result<()> {
         let cfg = self.cfg;
         let every = cfg.train.checkpoint_every;
         let due = (every > 0 && state.step % every == 0) || state.step == self.total;
-        if self.comm.rank() != 0 || due == now {
+        let write = match stopping {
+            false => due,
+            true => !due,
+        };
+        if self.comm.rank() != 0 || !write {
             return Ok(());
         }
         checkpoint::save(

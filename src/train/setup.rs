@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::comm::{self, Comm};
-use crate::config::{Config, HeadKind, Precision};
+use crate::config::{Config, DistillKind, HeadKind, Precision};
 use crate::data::loader::{Loader, TrainLoaderOptions};
 use crate::data::sampler::{rank_slice, BatchPlan, Sampler};
 use crate::data::Dataset;
@@ -77,6 +77,9 @@ impl<'a> Trainer<'a> {
             "" => None,
             dir => Some(load_teacher(Path::new(dir), comm)?),
         };
+        if let Some(t) = &teacher {
+            check_teacher_dim(&cfg, model.embedding_dim(), t.embedding_dim())?;
+        }
         Ok(Trainer {
             cfg,
             comm,
@@ -241,6 +244,21 @@ fn load_teacher(dir: &Path, comm: &dyn Comm) -> Result<Model> {
         let _ = t.set_requires_grad(false);
     }
     Ok(model)
+}
+
+/// `distill.kind = "absolute"` compares the student's and the teacher's test embeddings
+/// one to one: their sizes must agree (checked here, before the first step).
+fn check_teacher_dim(cfg: &Config, student: usize, teacher: usize) -> Result<()> {
+    if cfg.distill.kind == DistillKind::Absolute && student != teacher {
+        return Err(Error::Config(format!(
+            "distill.kind = \"absolute\" compares embeddings one to one, but the student \
+             (model.head = {:?}) has {student} dimensions and the teacher in {} has {teacher}: \
+             set model.embedding_dim = {teacher} or use distill.kind = \"relative\"",
+            format!("{:?}", cfg.model.head).to_lowercase(),
+            cfg.distill.teacher
+        )));
+    }
+    Ok(())
 }
 
 /// The training loader settings of this rank.

@@ -40,10 +40,10 @@ use crate::error::{Error, Result};
 use crate::model::resnet::Block;
 use crate::rng::SplitMix64;
 
-/// Width of the global branch's reduction (official).
-pub const GLOBAL_DIM: usize = 512;
-/// Width of the erasing branch's reduction (official).
-pub const ERASE_DIM: usize = 1024;
+/// Width of the global branch's reduction (official; `config::BFE_DIMS`).
+pub const GLOBAL_DIM: usize = crate::config::BFE_DIMS[0];
+/// Width of the erasing branch's reduction (official; `config::BFE_DIMS`).
+pub const ERASE_DIM: usize = crate::config::BFE_DIMS[1];
 /// Tag of the BatchDrop draw in the `(seed, step, tag)` key.
 const ERASE_TAG: u64 = 0xBFE0;
 

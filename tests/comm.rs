@@ -3,8 +3,9 @@
 //! of a collective (every survivor exits, non-zero, within 60 s), and the world-of-one
 //! identities of the local backend.
 //!
-//! Needs the example built first (`cargo build --release --all-targets`, as tools/test.sh
-//! does) and Open MPI's `mpirun`.
+//! Needs Open MPI's `mpirun`; `cargo test --release` builds the example.
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -14,16 +15,7 @@ use dml::config::Backend;
 use tch::{Device, Kind, Tensor};
 
 fn selfcheck() -> PathBuf {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/release/examples/comm_selfcheck"
-    ));
-    assert!(
-        p.exists(),
-        "{} is missing: build it with `cargo build --release --examples` (tools/test.sh does)",
-        p.display()
-    );
-    p
+    common::example("comm_selfcheck")
 }
 
 /// Runs `mpirun -np 2 comm_selfcheck MODE`, killing it after `limit`; returns its output
