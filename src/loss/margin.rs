@@ -33,7 +33,7 @@
 //! β is fixed (`loss.margin_beta`, D&C 1.2; the official criterion is not in the
 //! optimiser), and there is no β regularisation (ν = 0).
 //!
-//! **Against a cross-batch memory** ([`dnc_sample_memory`]) the candidates are the
+//! **Against a cross-batch memory** (`dnc_sample_memory`) the candidates are the
 //! memory's detached rows, and the sampler runs as a miner wrapped by PML's
 //! `CrossBatchMemory` would: every memory row of the anchor's label is a positive, its
 //! own copy included (counted in `num_neg`, masked as a positive), and the triplets whose
@@ -413,7 +413,7 @@ impl MetricLoss for MarginLoss {
         self.triplet_terms(emb, &xn, &xn, &t, shard)
     }
 
-    /// The shard's anchors sampled against the memory by [`dnc_sample_memory`] (PML's
+    /// The shard's anchors sampled against the memory by `dnc_sample_memory` (PML's
     /// `CrossBatchMemory` wrapping `MarginLoss` and this sampler as its miner), the
     /// memory's rows detached, divided by the active terms of the whole batch.
     fn compute_memory_shard(

@@ -14,7 +14,7 @@
 //!   (preemption: the training loop stops after the current step);
 //! * [`fused_adam`]: torch's fused Adam/AdamW kernels through the C++ shim
 //!   (csrc/fused_adam.cpp), which tch does not expose either;
-//! * [`nccl`] (with the `nccl` feature): the raw NCCL and CUDA runtime calls of
+//! * `nccl` (with the `nccl` feature): the raw NCCL and CUDA runtime calls of
 //!   `comm::nccl`. Both libraries are loaded when first used (`libnccl.so.2` and
 //!   `libcudart.so.13`, which libtorch's CUDA build has already loaded), so a machine
 //!   without CUDA builds and runs dml; the struct layouts and enums come from `cudarc`'s
@@ -22,8 +22,8 @@
 //!   GPU, contiguous, a supported kind, matching lengths) before handing NCCL their
 //!   device pointers.
 //!
-//! One file per concern: [`file`], [`signal`], [`tensor`], [`mpi`], [`shim`] (the C++
-//! shim) and [`nccl`]; the crate root allows `unsafe` here and nowhere else
+//! One file per concern: [`mod@file`], [`signal`], [`tensor`], [`mpi`], [`shim`] (the C++
+//! shim) and `nccl`; the crate root allows `unsafe` here and nowhere else
 //! (`#![deny(unsafe_code)]` in lib.rs).
 pub mod file;
 pub mod mpi;

@@ -122,7 +122,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// What every training step shares (bucket size, overlap, the gradient reducer);
-    /// decides autocast once (see [`use_autocast`]). No cross-batch memory: the loop
+    /// decides autocast once (see `use_autocast`). No cross-batch memory: the loop
     /// that keeps one sets [`StepEnv::memory`].
     pub fn env(&self) -> StepEnv<'_> {
         let (cfg, model) = (&self.cfg, &self.model);
