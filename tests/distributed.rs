@@ -194,6 +194,67 @@ fn a_killed_rank_stops_every_rank_and_the_last_checkpoint_loads() {
     assert!(run.join("model.safetensors").exists());
 }
 
+/// A full disk on rank 0 (a 30 MB file-size limit on rank 0 alone, SIGXFSZ ignored, so
+/// that the 45 MB model file fails to write) stops both ranks within seconds with the
+/// error naming the step and the checkpoint to resume from; no `step-N.tmp` is left, and
+/// the run resumes from that checkpoint.
+#[test]
+fn a_checkpoint_rank_0_cannot_write_stops_every_rank_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = data(tmp.path());
+    let cfg = small_config(tmp.path(), &d, "");
+    let run = tmp.path().join("run");
+    train(
+        2,
+        &cfg,
+        &run,
+        &["train.steps=3", "train.checkpoint_every=1"],
+    );
+    let limited = "if [ \"$OMPI_COMM_WORLD_RANK\" = 0 ]; then trap '' XFSZ; ulimit -f 30000; fi; \
+                   exec \"$0\" \"$@\"";
+    let mut child = mpirun_with(2, Path::new("bash"))
+        .args(["-c", limited, env!("CARGO_BIN_EXE_dml")])
+        .args(["train", "--resume"])
+        .arg(&run)
+        .args(["--set", "train.steps=6"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "ranks still running 120 s after the resume started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("error on rank 0 of 2")
+            && err.contains("the checkpoint of step 4 could not be written")
+            && err.contains("File too large")
+            && err.contains("checkpoints/step-3, is intact"),
+        "{err}"
+    );
+    assert!(!run.join("checkpoints/step-4.tmp").exists());
+    assert_eq!(
+        dml::train::checkpoint::list(&run)
+            .unwrap()
+            .into_iter()
+            .max(),
+        Some(3)
+    );
+    let mut c = mpirun(2);
+    c.args(["train", "--resume"])
+        .arg(&run)
+        .args(["--set", "train.steps=4"]);
+    ok(c);
+    assert!(run.join("model.safetensors").exists());
+}
+
 #[test]
 fn first_step_gradient_f32_agrees_between_one_and_two_ranks() {
     let tmp = tempfile::tempdir().unwrap();

@@ -72,6 +72,67 @@ fn resume_gives_the_same_weights_as_a_straight_run() {
     }
 }
 
+/// A checkpoint that cannot be written (here a 2 MiB file-size limit, `ulimit -f`, with
+/// SIGXFSZ ignored, so that writes fail as on a full disk) stops the run with an error
+/// naming the step and the checkpoint to resume from; no half-written `step-N.tmp` is
+/// left, and the resumed run equals the straight one.
+#[test]
+fn a_checkpoint_that_cannot_be_written_keeps_the_last_one_and_resume_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (straight, parted) = straight_and_resumed(tmp.path(), &["train.checkpoint_every=1"]);
+    // `parted` now holds steps 1..6; go back to a run stopped at step 3.
+    let run = tmp.path().join("limited");
+    let cfg = tmp.path().join("config.toml");
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .args([
+            "--set",
+            "train.checkpoint_every=1",
+            "--set",
+            "train.steps=3",
+            "--out",
+        ])
+        .arg(&run);
+    ok(c);
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 2048; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_dml"))
+        .env("OMP_NUM_THREADS", "1")
+        .args(["train", "--resume"])
+        .arg(&run)
+        .args(["--set", "train.steps=6"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("the checkpoint of step 4 could not be written")
+            && err.contains("nothing of it was kept")
+            && err.contains("checkpoints/step-3, is intact")
+            && err.contains("--resume"),
+        "{err}"
+    );
+    let entries: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        entries.iter().all(|n| !n.ends_with(".tmp")) && entries.contains(&"step-3".into()),
+        "{entries:?}"
+    );
+    let mut c = dml();
+    c.env("OMP_NUM_THREADS", "1")
+        .args(["train", "--resume"])
+        .arg(&run)
+        .args(["--set", "train.steps=6"]);
+    ok(c);
+    assert_eq!(model_diff(&straight, &run), 0.0);
+    assert_eq!(model_diff(&parted, &run), 0.0);
+}
+
 /// The cross-batch memory is saved with each checkpoint: a run resumed at step 3 reads
 /// the same memory as the straight run (batch 16, memory 40 from step 2: 16, 32, 40 rows).
 #[test]

@@ -35,7 +35,9 @@ pub fn dir_for(run: &Path, step: usize) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step}"))
 }
 
-/// Writes a checkpoint atomically and prunes old ones, keeping `keep`.
+/// Writes a checkpoint atomically and prunes old ones, keeping `keep`. A checkpoint that
+/// cannot be written (a full disk, a quota) leaves nothing behind (its `step-N.tmp` is
+/// removed) and the error says which complete checkpoint a resume continues from.
 pub fn save(
     run: &Path,
     model: &Model,
@@ -47,10 +49,36 @@ pub fn save(
 ) -> Result<()> {
     let dir = dir_for(run, state.step);
     let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written =
+        write_files(&tmp, model, optim, swa, memory, state).and_then(|()| publish_dir(&tmp, &dir));
+    if let Err(e) = written {
+        let _ = remove_leftover(&tmp);
+        return Err(not_written(
+            run,
+            &format!("the checkpoint of step {}", state.step),
+            e,
+        ));
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut steps = list(run)?;
+    steps.sort_unstable();
+    while steps.len() > keep {
+        let old = dir_for(run, steps.remove(0));
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The files of a checkpoint, into the fresh directory `tmp`.
+fn write_files(
+    tmp: &Path,
+    model: &Model,
+    optim: &Adam,
+    swa: Option<&Swa>,
+    memory: Option<&CrossBatchMemory>,
+    state: &LoopState,
+) -> Result<()> {
+    remove_leftover(tmp)?;
+    std::fs::create_dir_all(tmp).map_err(|e| Error::io(tmp, e))?;
     model.save(&tmp.join("model.safetensors"))?;
     tensor_file::write(&tmp.join("optimizer.safetensors"), &optim.state())?;
     if let Some(swa) = swa {
@@ -60,15 +88,40 @@ pub fn save(
         tensor_file::write(&tmp.join(MEMORY_FILE), &memory.state())?;
     }
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Train(e.to_string()))?;
-    write_synced(&tmp.join("state.json"), json.as_bytes())?;
-    publish_dir(&tmp, &dir)?;
-    let mut steps = list(run)?;
-    steps.sort_unstable();
-    while steps.len() > keep {
-        let old = dir_for(run, steps.remove(0));
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    Ok(())
+    write_synced(&tmp.join("state.json"), json.as_bytes())
+}
+
+/// Removes `path` (a directory or a file) if it exists: what an interrupted save left.
+fn remove_leftover(path: &Path) -> Result<()> {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    };
+    removed.map_err(|e| Error::io(path, e))
+}
+
+/// The error of `what` (a checkpoint, the final model) that could not be written to
+/// `run`: the cause, that nothing half-written was kept, and what to resume from.
+pub fn not_written(run: &Path, what: &str, cause: Error) -> Error {
+    let newest = list(run).ok().and_then(|s| s.into_iter().max());
+    let next = match newest {
+        Some(step) => format!(
+            "the newest complete checkpoint, {}, is intact: free space on the disk of {} \
+             (or copy the run to another disk) and `dml train --resume {}` continues from \
+             step {step}",
+            dir_for(run, step).display(),
+            run.display(),
+            run.display()
+        ),
+        None => format!(
+            "no checkpoint was written yet: free space on the disk of {} and start again",
+            run.display()
+        ),
+    };
+    Error::Train(format!(
+        "{what} could not be written ({cause}); nothing of it was kept, and {next}"
+    ))
 }
 
 /// Makes the finished temporary directory `tmp` durable and renames it to `dir`: every

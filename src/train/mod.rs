@@ -145,8 +145,18 @@ fn save_final_model(t: &Trainer, swa: Option<&Swa>, run: &Path) -> Result<()> {
     }
     if t.comm.rank() == 0 {
         let tmp = run.join("model.safetensors.tmp");
-        t.model.save(&tmp)?;
-        checkpoint::publish_file(&tmp, &run.join("model.safetensors"))?;
+        let saved = t
+            .model
+            .save(&tmp)
+            .and_then(|()| checkpoint::publish_file(&tmp, &run.join("model.safetensors")));
+        if let Err(e) = saved {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(checkpoint::not_written(
+                run,
+                "the final model.safetensors",
+                e,
+            ));
+        }
     }
     t.comm.barrier()
 }
