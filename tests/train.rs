@@ -83,19 +83,12 @@ fn a_checkpoint_that_cannot_be_written_keeps_the_last_one_and_resume_continues()
     // `parted` now holds steps 1..6; go back to a run stopped at step 3.
     let run = tmp.path().join("limited");
     let cfg = tmp.path().join("config.toml");
-    let mut c = dml();
-    c.env("OMP_NUM_THREADS", "1")
-        .args(["train", "--config"])
-        .arg(&cfg)
-        .args([
-            "--set",
-            "train.checkpoint_every=1",
-            "--set",
-            "train.steps=3",
-            "--out",
-        ])
-        .arg(&run);
-    ok(c);
+    train(
+        1,
+        &cfg,
+        &run,
+        &["train.checkpoint_every=1", "train.steps=3"],
+    );
     let out = std::process::Command::new("bash")
         .arg("-c")
         .arg("trap '' XFSZ; ulimit -f 2048; exec \"$0\" \"$@\"")
