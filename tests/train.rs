@@ -103,8 +103,9 @@ fn a_checkpoint_that_cannot_be_written_keeps_the_last_one_and_resume_continues()
     assert!(!out.status.success(), "{err}");
     assert!(
         err.contains("the checkpoint of step 4 could not be written")
-            && err.contains("nothing of it was kept")
-            && err.contains("checkpoints/step-3, is intact")
+            && err.contains("its temporary files were removed")
+            && err.contains("the newest complete checkpoint is ")
+            && err.contains("checkpoints/step-3: free space")
             && err.contains("--resume"),
         "{err}"
     );
@@ -690,7 +691,7 @@ fn absolute_distillation_from_a_teacher_of_another_size_is_refused_before_traini
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("the student (model.head = \"linear\") has 8 dimensions")
-            && err.contains("has 16: set model.embedding_dim = 16"),
+            && err.contains("has 16: set model.embedding_dim to that size (16)"),
         "{err}"
     );
     assert!(!run.join("checkpoints").exists() && !run.join("metrics.jsonl").exists());

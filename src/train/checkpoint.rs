@@ -52,12 +52,8 @@ pub fn save(
     let written =
         write_files(&tmp, model, optim, swa, memory, state).and_then(|()| publish_dir(&tmp, &dir));
     if let Err(e) = written {
-        let _ = remove_leftover(&tmp);
-        return Err(not_written(
-            run,
-            &format!("the checkpoint of step {}", state.step),
-            e,
-        ));
+        let what = format!("the checkpoint of step {}", state.step);
+        return Err(not_written(run, &what, &tmp, e));
     }
     let mut steps = list(run)?;
     steps.sort_unstable();
@@ -102,14 +98,18 @@ fn remove_leftover(path: &Path) -> Result<()> {
 }
 
 /// The error of `what` (a checkpoint, the final model) that could not be written to
-/// `run`: the cause, that nothing half-written was kept, and what to resume from.
-pub fn not_written(run: &Path, what: &str, cause: Error) -> Error {
+/// `run`, after removing its temporary file or directory `tmp`: the cause, whether the
+/// temporary files are gone, and which checkpoint a resume continues from.
+pub fn not_written(run: &Path, what: &str, tmp: &Path, cause: Error) -> Error {
+    let cleaned = match remove_leftover(tmp) {
+        Ok(()) => "its temporary files were removed".to_string(),
+        Err(e) => format!("its temporary files could not be removed either ({e}): delete them"),
+    };
     let newest = list(run).ok().and_then(|s| s.into_iter().max());
     let next = match newest {
         Some(step) => format!(
-            "the newest complete checkpoint, {}, is intact: free space on the disk of {} \
-             (or copy the run to another disk) and `dml train --resume {}` continues from \
-             step {step}",
+            "the newest complete checkpoint is {}: free space on the disk of {} (or copy \
+             the run to another disk) and `dml train --resume {}` continues from step {step}",
             dir_for(run, step).display(),
             run.display(),
             run.display()
@@ -120,7 +120,7 @@ pub fn not_written(run: &Path, what: &str, cause: Error) -> Error {
         ),
     };
     Error::Train(format!(
-        "{what} could not be written ({cause}); nothing of it was kept, and {next}"
+        "{what} could not be written ({cause}); {cleaned}, and {next}"
     ))
 }
 

@@ -150,12 +150,8 @@ fn save_final_model(t: &Trainer, swa: Option<&Swa>, run: &Path) -> Result<()> {
             .save(&tmp)
             .and_then(|()| checkpoint::publish_file(&tmp, &run.join("model.safetensors")));
         if let Err(e) = saved {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(checkpoint::not_written(
-                run,
-                "the final model.safetensors",
-                e,
-            ));
+            let what = "the final model.safetensors";
+            return Err(checkpoint::not_written(run, what, &tmp, e));
         }
     }
     t.comm.barrier()

@@ -250,10 +250,15 @@ fn load_teacher(dir: &Path, comm: &dyn Comm) -> Result<Model> {
 /// one to one: their sizes must agree (checked here, before the first step).
 fn check_teacher_dim(cfg: &Config, student: usize, teacher: usize) -> Result<()> {
     if cfg.distill.kind == DistillKind::Absolute && student != teacher {
+        // The pool and BFE heads' sizes do not follow model.embedding_dim.
+        let resize = match cfg.model.head {
+            HeadKind::Pool | HeadKind::Bfe => "choose a student head and trunk of that size",
+            _ => "set model.embedding_dim to that size",
+        };
         return Err(Error::Config(format!(
             "distill.kind = \"absolute\" compares embeddings one to one, but the student \
              (model.head = {:?}) has {student} dimensions and the teacher in {} has {teacher}: \
-             set model.embedding_dim = {teacher} or use distill.kind = \"relative\"",
+             {resize} ({teacher}), or use distill.kind = \"relative\"",
             format!("{:?}", cfg.model.head).to_lowercase(),
             cfg.distill.teacher
         )));
