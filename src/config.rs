@@ -943,6 +943,17 @@ pub fn check_bfe_erase(erase: [f64; 2]) -> Result<()> {
     Ok(())
 }
 
+/// The config spelling of a head (`model.head`).
+pub fn head_name(h: HeadKind) -> &'static str {
+    match h {
+        HeadKind::Linear => "linear",
+        HeadKind::Pool => "pool",
+        HeadKind::Bfe => "bfe",
+        HeadKind::Cgd => "cgd",
+        HeadKind::Horde => "horde",
+    }
+}
+
 /// The config spelling of a miner name.
 pub fn miner_name(m: MinerName) -> &'static str {
     match m {
@@ -1292,6 +1303,8 @@ impl Config {
         for (key, v) in [
             ("optim.weight_decay", self.optim.weight_decay),
             ("optim.head_lr_mult", self.optim.head_lr_mult),
+            ("loss.ce_weight", self.loss.ce_weight),
+            ("distill.weight", self.distill.weight),
         ] {
             if !(v >= 0.0 && v.is_finite()) {
                 return fail(key, format!("is {v}, must be finite and ≥ 0"));
@@ -1381,18 +1394,6 @@ impl Config {
                 format!("is {}, must be positive", self.loss.ce_temperature),
             );
         }
-        if !(self.loss.ce_weight >= 0.0 && self.loss.ce_weight.is_finite()) {
-            return fail(
-                "loss.ce_weight",
-                format!("is {}, must be finite and ≥ 0", self.loss.ce_weight),
-            );
-        }
-        if !(self.distill.weight >= 0.0 && self.distill.weight.is_finite()) {
-            return fail(
-                "distill.weight",
-                format!("is {}, must be finite and ≥ 0", self.distill.weight),
-            );
-        }
         if self.dnc.clusters > 1 {
             if self.dnc.recluster_every == 0 || self.dnc.final_step == 0 {
                 return fail(
@@ -1414,7 +1415,7 @@ impl Config {
                          returns: model.head = \"{}\" on model.trunk = `{}` returns \
                          embeddings of {} dimensions, and {d} does not divide by {}",
                         self.dnc.clusters,
-                        format!("{:?}", self.model.head).to_lowercase(),
+                        head_name(self.model.head),
                         self.model.trunk,
                         dims.join(", "),
                         self.dnc.clusters

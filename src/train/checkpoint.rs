@@ -97,30 +97,32 @@ fn remove_leftover(path: &Path) -> Result<()> {
     removed.map_err(|e| Error::io(path, e))
 }
 
+/// What a run directory offers a resume, for error messages: the newest complete
+/// checkpoint and the command that continues from it, or that none was written yet.
+pub fn resume_note(run: &Path) -> String {
+    match list(run).ok().and_then(|s| s.into_iter().max()) {
+        Some(step) => format!(
+            "the newest checkpoint, {}, is kept (dml train --resume {} continues from it)",
+            dir_for(run, step).display(),
+            run.display()
+        ),
+        None => "no checkpoint was written yet".to_string(),
+    }
+}
+
 /// The error of `what` (a checkpoint, the final model) that could not be written to
 /// `run`, after removing its temporary file or directory `tmp`: the cause, whether the
-/// temporary files are gone, and which checkpoint a resume continues from.
+/// temporary files are gone, and [`resume_note`].
 pub fn not_written(run: &Path, what: &str, tmp: &Path, cause: Error) -> Error {
     let cleaned = match remove_leftover(tmp) {
         Ok(()) => "its temporary files were removed".to_string(),
         Err(e) => format!("its temporary files could not be removed either ({e}): delete them"),
     };
-    let newest = list(run).ok().and_then(|s| s.into_iter().max());
-    let next = match newest {
-        Some(step) => format!(
-            "the newest complete checkpoint is {}: free space on the disk of {} (or copy \
-             the run to another disk) and `dml train --resume {}` continues from step {step}",
-            dir_for(run, step).display(),
-            run.display(),
-            run.display()
-        ),
-        None => format!(
-            "no checkpoint was written yet: free space on the disk of {} and start again",
-            run.display()
-        ),
-    };
     Error::Train(format!(
-        "{what} could not be written ({cause}); {cleaned}, and {next}"
+        "{what} could not be written ({cause}); {cleaned}; free space on the disk of {} (or \
+         copy the run to another disk); {}",
+        run.display(),
+        resume_note(run)
     ))
 }
 

@@ -175,15 +175,7 @@ fn claim_run_dir(run: &Path, resume: bool) -> Result<lock::RunLock> {
 /// or that there is none yet.
 fn with_checkpoint_note(e: Error, run: &Path) -> Error {
     let Error::Train(msg) = e else { return e };
-    let newest = checkpoint::list(run).ok().and_then(|s| s.into_iter().max());
-    Error::Train(match newest {
-        Some(step) => format!(
-            "{msg}; the newest checkpoint, {}, is kept (dml train --resume {} continues from it)",
-            checkpoint::dir_for(run, step).display(),
-            run.display()
-        ),
-        None => format!("{msg}; no checkpoint was written yet"),
-    })
+    Error::Train(format!("{msg}; {}", checkpoint::resume_note(run)))
 }
 
 /// Whether any rank received a stop signal (an all-reduce of one flag, so that every

@@ -257,9 +257,9 @@ fn check_teacher_dim(cfg: &Config, student: usize, teacher: usize) -> Result<()>
         };
         return Err(Error::Config(format!(
             "distill.kind = \"absolute\" compares embeddings one to one, but the student \
-             (model.head = {:?}) has {student} dimensions and the teacher in {} has {teacher}: \
+             (model.head = \"{}\") has {student} dimensions and the teacher in {} has {teacher}: \
              {resize} ({teacher}), or use distill.kind = \"relative\"",
-            format!("{:?}", cfg.model.head).to_lowercase(),
+            crate::config::head_name(cfg.model.head),
             cfg.distill.teacher
         )));
     }
